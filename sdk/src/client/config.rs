@@ -1,0 +1,335 @@
+//! The client's configuration and its builder.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::core::{PolicyError, ReconnectPolicy};
+use crate::protocol::{ClientId, InvalidClientId, DEFAULT_MAX_PAYLOAD};
+
+/// Everything the client needs to know, validated. Build one with [`ClientConfig::builder`].
+///
+/// The pulse interval and the miss limit are not here: the client adopts the ones the server
+/// announces in `WELCOME`, so the two sides never disagree about timing.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) server: String,
+    pub(crate) client_id: ClientId,
+    pub(crate) reconnect: ReconnectPolicy,
+    pub(crate) max_payload: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) send_queue: usize,
+}
+
+impl ClientConfig {
+    /// Starts a configuration for connecting to `server` (`"host:port"`) as `client_id`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pulsewire::ClientConfig;
+    ///
+    /// let config = ClientConfig::builder("127.0.0.1:7878", "desk-42")
+    ///     .max_delay(Duration::from_secs(10))
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .build()
+    ///     .expect("valid config");
+    /// assert_eq!(config.client_id().as_str(), "desk-42");
+    ///
+    /// let error = ClientConfig::builder("127.0.0.1:7878", "desk 42").build().unwrap_err();
+    /// assert!(error.to_string().contains("client id"));
+    /// ```
+    pub fn builder(server: impl Into<String>, client_id: impl Into<String>) -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            server: server.into(),
+            client_id: client_id.into(),
+            reconnect: ReconnectPolicy::default(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(1),
+            send_queue: 256,
+        }
+    }
+
+    /// The server address, as given.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The id this client announces.
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// The reconnect policy.
+    pub fn reconnect(&self) -> &ReconnectPolicy {
+        &self.reconnect
+    }
+
+    /// The largest message accepted, both to send and to receive.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+}
+
+/// Builds a [`ClientConfig`]; every setter has a documented default.
+#[derive(Debug, Clone)]
+#[must_use = "call .build() to get a ClientConfig"]
+pub struct ClientConfigBuilder {
+    server: String,
+    client_id: String,
+    reconnect: ReconnectPolicy,
+    max_payload: usize,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    close_timeout: Duration,
+    send_queue: usize,
+}
+
+impl ClientConfigBuilder {
+    /// The whole reconnect policy at once (default: [`ReconnectPolicy::default`]).
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// The base delay before the first retry (default 250 ms).
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.reconnect.initial_delay = delay;
+        self
+    }
+
+    /// The largest delay between attempts (default 30 s).
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect.max_delay = delay;
+        self
+    }
+
+    /// The growth of the delay per failed attempt (default 2.0).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.reconnect.multiplier = multiplier;
+        self
+    }
+
+    /// The randomised fraction of each delay, 0.0–1.0 (default 1.0, full jitter).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.reconnect.jitter = jitter;
+        self
+    }
+
+    /// Give up after this many attempts in one offline period (default: never).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.reconnect.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Give up once an offline period lasted this long (default: never).
+    pub fn max_elapsed(mut self, elapsed: Duration) -> Self {
+        self.reconnect.max_elapsed = Some(elapsed);
+        self
+    }
+
+    /// The largest message, in bytes, this client sends or accepts (default 1 MiB). Keep it
+    /// equal to the server's limit.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// How long one TCP connect may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the server may take to answer `HELLO` (default 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long [`Client::close`](crate::Client::close) may spend flushing queued messages and
+    /// the `BYE` (default 1 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// How many messages may wait to be written (default 256); beyond it
+    /// [`Client::try_send`](crate::Client::try_send) fails with
+    /// [`SendError::Full`](crate::SendError::Full) and [`Client::send`](crate::Client::send) waits.
+    pub fn send_queue(mut self, messages: usize) -> Self {
+        self.send_queue = messages;
+        self
+    }
+
+    /// Validates everything and returns the configuration.
+    pub fn build(self) -> Result<ClientConfig, ConfigError> {
+        let client_id = ClientId::new(self.client_id).map_err(ConfigError::ClientId)?;
+        validate_address(&self.server)?;
+        self.reconnect.validate().map_err(ConfigError::Reconnect)?;
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout),
+            ("handshake timeout", self.handshake_timeout),
+            ("close timeout", self.close_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.send_queue == 0 {
+            return Err(ConfigError::ZeroCount("send queue"));
+        }
+        validate_payload(self.max_payload)?;
+        Ok(ClientConfig {
+            server: self.server,
+            client_id,
+            reconnect: self.reconnect,
+            max_payload: self.max_payload,
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
+            send_queue: self.send_queue,
+        })
+    }
+}
+
+/// The largest payload limit either side accepts: 1 GiB.
+pub const MAX_PAYLOAD_LIMIT: usize = 1 << 30;
+
+pub(crate) fn validate_payload(bytes: usize) -> Result<(), ConfigError> {
+    if bytes == 0 || bytes > MAX_PAYLOAD_LIMIT {
+        return Err(ConfigError::MaxPayload(bytes));
+    }
+    Ok(())
+}
+
+fn validate_address(addr: &str) -> Result<(), ConfigError> {
+    let port = addr
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(()),
+        _ => Err(ConfigError::Address(addr.to_owned())),
+    }
+}
+
+/// A configuration value that was rejected, client or server.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The client id breaks the id rules.
+    ClientId(InvalidClientId),
+    /// The address is not `host:port` with a non-zero port.
+    Address(String),
+    /// The reconnect policy is inconsistent.
+    Reconnect(PolicyError),
+    /// A duration that must be positive is zero.
+    ZeroDuration(&'static str),
+    /// A count that must be positive is zero.
+    ZeroCount(&'static str),
+    /// The payload limit is 0 or above [`MAX_PAYLOAD_LIMIT`].
+    MaxPayload(usize),
+    /// A value outside its documented range.
+    OutOfRange {
+        /// The setting.
+        name: &'static str,
+        /// What it must be.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ClientId(error) => error.fmt(f),
+            ConfigError::Address(addr) => write!(
+                f,
+                "server address {addr:?} is not host:port with a non-zero port"
+            ),
+            ConfigError::Reconnect(error) => error.fmt(f),
+            ConfigError::ZeroDuration(name) => write!(f, "{name} must be above zero"),
+            ConfigError::ZeroCount(name) => write!(f, "{name} must be at least 1"),
+            ConfigError::MaxPayload(bytes) => {
+                write!(
+                    f,
+                    "max payload {bytes} must be between 1 and {MAX_PAYLOAD_LIMIT} bytes"
+                )
+            }
+            ConfigError::OutOfRange { name, expected } => write!(f, "{name} must be {expected}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::ClientId(error) => Some(error),
+            ConfigError::Reconnect(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = ClientConfig::builder("localhost:7878", "a")
+            .build()
+            .unwrap();
+        assert_eq!(config.max_payload(), DEFAULT_MAX_PAYLOAD);
+        assert_eq!(config.reconnect(), &ReconnectPolicy::default());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_precise_error() {
+        let base = || ClientConfig::builder("127.0.0.1:7878", "desk");
+        let cases = [
+            (
+                base().connect_timeout(Duration::ZERO).build(),
+                "connect timeout must be above zero",
+            ),
+            (
+                base().send_queue(0).build(),
+                "send queue must be at least 1",
+            ),
+            (base().max_payload(0).build(), "max payload 0"),
+            (base().jitter(2.0).build(), "jitter 2"),
+            (base().multiplier(0.5).build(), "multiplier 0.5"),
+            (
+                base().initial_delay(Duration::from_secs(60)).build(),
+                "initial delay",
+            ),
+            (base().max_attempts(0).build(), "max attempts"),
+            (
+                ClientConfig::builder("127.0.0.1", "desk").build(),
+                "not host:port",
+            ),
+            (
+                ClientConfig::builder("127.0.0.1:0", "desk").build(),
+                "not host:port",
+            ),
+            (
+                ClientConfig::builder(":80", "desk").build(),
+                "not host:port",
+            ),
+            (ClientConfig::builder("h:1", "").build(), "client id"),
+        ];
+        for (result, expected) in cases {
+            let message = result.unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_and_hostnames_are_accepted() {
+        assert!(ClientConfig::builder("[::1]:7878", "a").build().is_ok());
+        assert!(ClientConfig::builder("example.com:443", "a")
+            .build()
+            .is_ok());
+    }
+}

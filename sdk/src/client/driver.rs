@@ -1,0 +1,438 @@
+//! The driver: the reconnector loop, and for each connection the responder, the checker and the
+//! writer. A thin shell: every decision is taken by the pure core (`BackoffSchedule`,
+//! `MissCounter`, `Cadence`, `Decoder`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{self, Either};
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::{pin_mut, select_biased, FutureExt};
+
+use super::event::is_fatal_code;
+use super::{
+    lock, ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, Link,
+    Phase,
+};
+use super::{ProtocolViolation, Shared};
+use crate::core::{BackoffSchedule, Cadence, FirstAttempt, MissCounter, Tick};
+use crate::protocol::{Decoder, ErrorCode, Frame, SessionId, PROTOCOL_VERSION};
+use crate::rt::{self, TcpStream};
+
+/// The writer gathers ready frames into one write of up to this many bytes.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Room for `ALIVE` answers and probes waiting to be written.
+const CONTROL_QUEUE: usize = 64;
+
+/// Hands events to the application; the channel is unbounded, so this never waits.
+pub(super) struct Emit(async_channel::Sender<Event>);
+
+impl Emit {
+    fn send(&self, event: Event) {
+        // Fails only when the application dropped its `Events`: it chose not to listen.
+        let _ = self.0.try_send(event);
+    }
+}
+
+/// The reconnector: runs until the client is closed, gives up, or is refused for good.
+pub(super) async fn run(
+    config: Arc<ClientConfig>,
+    shared: Arc<Shared>,
+    events: async_channel::Sender<Event>,
+    close: async_channel::Receiver<()>,
+    done: async_channel::Sender<()>,
+) {
+    let emit = Emit(events);
+    let mut schedule = BackoffSchedule::new(config.reconnect.clone(), fastrand::u64(..));
+    schedule.reset(Instant::now(), FirstAttempt::Immediate);
+    let mut last_error: Option<Failure> = None;
+    let reason = loop {
+        let now = Instant::now();
+        let Some(delay) = schedule.next_attempt(now) else {
+            break CloseReason::GaveUp {
+                attempts: schedule.attempts(),
+                elapsed: schedule.elapsed(now),
+            };
+        };
+        let attempt = schedule.attempts();
+        if !delay.is_zero() {
+            shared.set(Phase::BackingOff {
+                attempt,
+                next_delay: delay,
+                retry_at: now + delay,
+            });
+            let elapsed = schedule.elapsed(now);
+            emit.send(Event::BackingOff {
+                attempt,
+                delay,
+                elapsed,
+                last_error: last_error.clone(),
+            });
+            if until_closed(&close, rt::sleep(delay)).await.is_none() {
+                break CloseReason::Application;
+            }
+        }
+        shared.set(Phase::Connecting { attempt });
+        emit.send(Event::Connecting { attempt });
+        let handshake = match until_closed(&close, connect(&config)).await {
+            None => break CloseReason::Application,
+            Some(Ok(handshake)) => handshake,
+            Some(Err(ConnectError::Rejected { code, text })) if is_fatal_code(&code) => {
+                break CloseReason::Rejected { code, text };
+            }
+            Some(Err(error)) => {
+                tracing::debug!(server = %config.server, attempt, %error, "connect attempt failed");
+                last_error = Some(Failure::Connect(error));
+                continue;
+            }
+        };
+        emit.send(Event::Connected {
+            session: handshake.session.clone(),
+            interval: handshake.interval,
+            max_missed: handshake.max_missed,
+        });
+        tracing::info!(server = %config.server, session = %handshake.session, "online");
+        let outcome = session(handshake, &config, &shared, &emit, &close).await;
+        tracing::info!(server = %config.server, reason = %outcome.reason, "offline");
+        emit.send(Event::Disconnected {
+            reason: outcome.reason.clone(),
+        });
+        match outcome.reason {
+            DisconnectReason::ClosedByApplication => break CloseReason::Application,
+            DisconnectReason::ServerError { code, text } if is_fatal_code(&code) => {
+                break CloseReason::Rejected { code, text };
+            }
+            _ => {}
+        }
+        // A connection that never saw a pulse does not count as recovery: keep backing off,
+        // so a server that accepts and drops at once is not hammered.
+        if outcome.healthy {
+            schedule.reset(Instant::now(), FirstAttempt::Delayed);
+        }
+        last_error = Some(Failure::Disconnected(outcome.reason));
+    };
+    shared.set(Phase::Closed(reason.clone()));
+    emit.send(Event::Closed { reason });
+    drop(done);
+}
+
+/// Runs `task` unless the client is closed first (`None`).
+async fn until_closed<F: std::future::Future>(
+    close: &async_channel::Receiver<()>,
+    task: F,
+) -> Option<F::Output> {
+    let task = std::pin::pin!(task);
+    let closed = std::pin::pin!(close.recv());
+    match future::select(task, closed).await {
+        Either::Left((output, _)) => Some(output),
+        Either::Right(_) => None,
+    }
+}
+
+/// A connection that completed the handshake.
+struct Handshake {
+    stream: TcpStream,
+    /// May already hold frames that arrived right behind `WELCOME`.
+    decoder: Decoder,
+    session: SessionId,
+    interval: Duration,
+    max_missed: u32,
+}
+
+/// Connects and runs the handshake, each step within its timeout.
+async fn connect(config: &ClientConfig) -> Result<Handshake, ConnectError> {
+    let stream = match rt::timeout(config.connect_timeout, rt::connect(&config.server)).await {
+        Err(rt::Elapsed) => return Err(ConnectError::ConnectTimeout(config.connect_timeout)),
+        Ok(Err(error)) => return Err(ConnectError::Io(IoError::from(&error))),
+        Ok(Ok(stream)) => stream,
+    };
+    let mut decoder = Decoder::new(config.max_payload);
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        client_id: config.client_id.clone(),
+    };
+    let exchange = handshake(&stream, &mut decoder, hello);
+    let result = match rt::timeout(config.handshake_timeout, exchange).await {
+        Err(rt::Elapsed) => Err(ConnectError::HandshakeTimeout(config.handshake_timeout)),
+        Ok(result) => result,
+    };
+    match result {
+        Ok((session, interval, max_missed)) => Ok(Handshake {
+            stream,
+            decoder,
+            session,
+            interval,
+            max_missed,
+        }),
+        Err(error) => {
+            if let ConnectError::Protocol(violation) = &error {
+                let farewell = Frame::error(violation.code(), violation.to_string()).to_bytes();
+                let _ = rt::timeout(config.close_timeout, (&stream).write_all(&farewell)).await;
+            }
+            rt::shutdown(&stream);
+            Err(error)
+        }
+    }
+}
+
+async fn handshake(
+    stream: &TcpStream,
+    decoder: &mut Decoder,
+    hello: Frame,
+) -> Result<(SessionId, Duration, u32), ConnectError> {
+    let mut socket = stream;
+    socket
+        .write_all(&hello.to_bytes())
+        .await
+        .map_err(|e| ConnectError::Io(IoError::from(&e)))?;
+    loop {
+        let frame = decoder
+            .next_frame()
+            .map_err(|e| ConnectError::Protocol(ProtocolViolation::Decode(e)))?;
+        match frame {
+            Some(Frame::Welcome {
+                session,
+                interval,
+                max_missed,
+            }) => return Ok((session, interval, max_missed)),
+            Some(Frame::Error { code, text }) => return Err(ConnectError::Rejected { code, text }),
+            Some(other) => {
+                return Err(ConnectError::Protocol(ProtocolViolation::Unexpected {
+                    verb: other.verb(),
+                }))
+            }
+            None => {}
+        }
+        let read = socket.read(decoder.read_buf()).await;
+        match read {
+            Ok(0) => return Err(ConnectError::Eof),
+            Ok(n) => decoder.filled(n),
+            Err(error) => return Err(ConnectError::Io(IoError::from(&error))),
+        }
+    }
+}
+
+/// How a session ended.
+struct Outcome {
+    reason: DisconnectReason,
+    /// Whether at least one pulse arrived: the server really was up.
+    healthy: bool,
+}
+
+/// What the writer does last.
+enum Finish {
+    /// The application closes: write every queued message, then `BYE quit`.
+    Flush,
+    /// The connection is over: write this farewell, if any, and stop.
+    Farewell(Option<Frame>),
+}
+
+/// One live connection: the responder, the checker and the writer run side by side until one
+/// of them, or a close, ends it; then the writer gets a bounded chance to say goodbye.
+async fn session(
+    handshake: Handshake,
+    config: &ClientConfig,
+    shared: &Shared,
+    emit: &Emit,
+    close: &async_channel::Receiver<()>,
+) -> Outcome {
+    let Handshake {
+        stream,
+        decoder,
+        session,
+        interval,
+        max_missed,
+    } = handshake;
+    let (control_tx, control_rx) = async_channel::bounded(CONTROL_QUEUE);
+    let (data_tx, data_rx) = async_channel::bounded(config.send_queue);
+    let (finish_tx, finish_rx) = async_channel::bounded(1);
+    let link = Arc::new(Link {
+        session,
+        misses: MissCounter::new(max_missed),
+        control: control_tx,
+        data: data_tx,
+        probes: Mutex::default(),
+    });
+    shared.set(Phase::Online(link.clone()));
+    let healthy = AtomicBool::new(false);
+    let in_flight = Mutex::new(Vec::new());
+
+    let responder = responder(&stream, decoder, &link, emit, &healthy).fuse();
+    let checker = checker(&link.misses, interval, emit).fuse();
+    let writer = writer(&stream, &control_rx, &data_rx, &finish_rx, &in_flight).fuse();
+    let closed = close.recv().fuse();
+    pin_mut!(responder, checker, writer, closed);
+    let (reason, writer_done) = select_biased! {
+        _ = closed => (DisconnectReason::ClosedByApplication, false),
+        reason = writer => (reason, true),
+        reason = responder => (reason, false),
+        reason = checker => (reason, false),
+    };
+    // From here on the handle cannot reach this connection: sends fail with `Offline`.
+    shared.set(Phase::Offline);
+    if !writer_done {
+        let finish = match &reason {
+            DisconnectReason::ClosedByApplication => Finish::Flush,
+            DisconnectReason::Protocol(violation) => {
+                Finish::Farewell(Some(Frame::error(violation.code(), violation.to_string())))
+            }
+            DisconnectReason::PulseTimeout { missed } => Finish::Farewell(Some(Frame::error(
+                ErrorCode::Timeout,
+                format!("no pulse for {missed} intervals"),
+            ))),
+            _ => Finish::Farewell(None),
+        };
+        // The writer picks this up as soon as its current write is done; a writer stuck on a
+        // dead socket is abandoned after the close timeout.
+        let _ = finish_tx.try_send(finish);
+        let _ = rt::timeout(config.close_timeout, writer).await;
+    }
+    rt::shutdown(&stream);
+
+    // Hand back every message that was not written.
+    data_rx.close();
+    let mut unsent = std::mem::take(&mut *lock(&in_flight));
+    while let Ok(payload) = data_rx.try_recv() {
+        unsent.push(payload);
+    }
+    for payload in unsent {
+        emit.send(Event::Undelivered(payload));
+    }
+    // Probes still waiting fail with `Disconnected`.
+    lock(&link.probes).waiting.clear();
+    Outcome {
+        reason,
+        healthy: healthy.load(Ordering::Relaxed),
+    }
+}
+
+/// The responder: reads frames, answers each `PULSE` with `ALIVE` at once, resets the miss
+/// counter on every frame, and delivers messages.
+async fn responder(
+    stream: &TcpStream,
+    mut decoder: Decoder,
+    link: &Link,
+    emit: &Emit,
+    healthy: &AtomicBool,
+) -> DisconnectReason {
+    let mut socket = stream;
+    loop {
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => return DisconnectReason::Protocol(ProtocolViolation::Decode(error)),
+            };
+            let forgiven = link.misses.reset();
+            match frame {
+                Frame::Pulse { seq } => {
+                    // The control queue lives as long as the link: sending cannot fail here.
+                    let _ = link.control.send(Frame::Alive { seq }).await;
+                    healthy.store(true, Ordering::Relaxed);
+                    emit.send(Event::Pulse {
+                        seq,
+                        misses_reset: forgiven,
+                    });
+                }
+                Frame::Alive { seq } => {
+                    if let Some((sent, answer)) = lock(&link.probes).waiting.remove(&seq) {
+                        let _ = answer.send(sent.elapsed());
+                    }
+                }
+                Frame::Data(payload) => emit.send(Event::Message(payload)),
+                Frame::Bye { reason } => return DisconnectReason::ServerGoodbye { reason },
+                Frame::Error { code, text } => return DisconnectReason::ServerError { code, text },
+                other @ (Frame::Hello { .. } | Frame::Welcome { .. }) => {
+                    return DisconnectReason::Protocol(ProtocolViolation::Unexpected {
+                        verb: other.verb(),
+                    });
+                }
+            }
+        }
+        match socket.read(decoder.read_buf()).await {
+            Ok(0) => return DisconnectReason::Eof,
+            Ok(n) => decoder.filled(n),
+            Err(error) => return DisconnectReason::from_io(&error),
+        }
+    }
+}
+
+/// The checker: every interval, ticks the miss counter; past the limit the connection is lost.
+async fn checker(misses: &MissCounter, interval: Duration, emit: &Emit) -> DisconnectReason {
+    let mut cadence = Cadence::new(Instant::now(), interval);
+    let mut timer = rt::Timer::at(cadence.next_deadline());
+    loop {
+        (&mut timer).await;
+        let due = cadence.poll(Instant::now());
+        timer.reset(cadence.next_deadline());
+        if !due {
+            continue;
+        }
+        match misses.tick() {
+            Tick::Healthy => {}
+            Tick::Missed { missed } => emit.send(Event::Missed {
+                count: missed,
+                max: misses.max_missed(),
+            }),
+            Tick::Lost { missed } => return DisconnectReason::PulseTimeout { missed },
+        }
+    }
+}
+
+/// The writer: one task owns the socket's write side, so frames never interleave. Control
+/// frames (`ALIVE`, probes) go before queued messages; whatever is ready is written at once.
+async fn writer(
+    stream: &TcpStream,
+    control: &async_channel::Receiver<Frame>,
+    data: &async_channel::Receiver<Bytes>,
+    finish: &async_channel::Receiver<Finish>,
+    in_flight: &Mutex<Vec<Bytes>>,
+) -> DisconnectReason {
+    let mut socket = stream;
+    let mut buf = BytesMut::new();
+    let take = |payload: Bytes, buf: &mut BytesMut| {
+        Frame::Data(payload.clone()).encode(buf);
+        lock(in_flight).push(payload);
+    };
+    loop {
+        let mut finishing = None;
+        select_biased! {
+            frame = control.recv().fuse() => match frame {
+                Ok(frame) => frame.encode(&mut buf),
+                Err(_) => finishing = Some(Finish::Farewell(None)),
+            },
+            how = finish.recv().fuse() => finishing = Some(how.unwrap_or(Finish::Farewell(None))),
+            payload = data.recv().fuse() => match payload {
+                Ok(payload) => take(payload, &mut buf),
+                Err(_) => finishing = Some(Finish::Farewell(None)),
+            },
+        }
+        let flush_all = matches!(finishing, Some(Finish::Flush));
+        while flush_all || (finishing.is_none() && buf.len() < BATCH_BYTES) {
+            if let Ok(frame) = control.try_recv() {
+                frame.encode(&mut buf);
+            } else if let Ok(payload) = data.try_recv() {
+                take(payload, &mut buf);
+            } else {
+                break;
+            }
+        }
+        match &finishing {
+            Some(Finish::Flush) => Frame::bye("quit").encode(&mut buf),
+            Some(Finish::Farewell(Some(frame))) => frame.encode(&mut buf),
+            _ => {}
+        }
+        if !buf.is_empty() {
+            if let Err(error) = socket.write_all(&buf).await {
+                return DisconnectReason::from_io(&error);
+            }
+            buf.clear();
+            lock(in_flight).clear();
+        }
+        if finishing.is_some() {
+            return DisconnectReason::ClosedByApplication;
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! What the client tells the application: events, states, reasons and errors.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::protocol::{DecodeError, ErrorCode, SessionId};
+
+/// Something that happened to the connection. Read them from [`Events`](crate::Events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A connect attempt starts (attempts count from 1 in each offline period).
+    Connecting {
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// The handshake completed: the client is online.
+    Connected {
+        /// The session the server opened.
+        session: SessionId,
+        /// The pulse interval the server announced.
+        interval: Duration,
+        /// The miss limit the server announced.
+        max_missed: u32,
+    },
+    /// The server pulsed and the client answered `ALIVE`.
+    Pulse {
+        /// The server's sequence number.
+        seq: u64,
+        /// How many missed pulses this pulse forgave (0 on a healthy link).
+        misses_reset: u32,
+    },
+    /// A checker interval passed with nothing from the server.
+    Missed {
+        /// Missed pulses in a row.
+        count: u32,
+        /// The limit; reaching it loses the connection.
+        max: u32,
+    },
+    /// The connection ended; unless the client was closed, it reconnects.
+    Disconnected {
+        /// Why it ended.
+        reason: DisconnectReason,
+    },
+    /// The client waits before its next connect attempt.
+    BackingOff {
+        /// The attempt that will follow the delay.
+        attempt: u32,
+        /// How long it waits.
+        delay: Duration,
+        /// How long it has been offline.
+        elapsed: Duration,
+        /// What went wrong last.
+        last_error: Option<Failure>,
+    },
+    /// A message from the server.
+    Message(Bytes),
+    /// A message that was accepted by [`Client::send`](crate::Client::send) but not written
+    /// before its connection ended: it was not delivered, and is handed back.
+    Undelivered(Bytes),
+    /// The client stopped for good; this is the last event.
+    Closed {
+        /// Why it stopped.
+        reason: CloseReason,
+    },
+}
+
+/// The client's state as [`Client::state`](crate::Client::state) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Not connected, about to decide what to do.
+    Offline,
+    /// A connect attempt (TCP connect and handshake) is under way.
+    Connecting {
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// Connected and pulsing.
+    Online {
+        /// The session.
+        session: SessionId,
+        /// Missed pulses in a row right now (0 on a healthy link).
+        misses: u32,
+    },
+    /// Waiting before the next attempt.
+    BackingOff {
+        /// The attempt that will follow.
+        attempt: u32,
+        /// The whole delay.
+        next_delay: Duration,
+        /// When the attempt starts.
+        retry_at: Instant,
+    },
+    /// Stopped for good.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why a live connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The checker counted `missed` missed pulses in a row: the server is dead, frozen or
+    /// unreachable, even if TCP said nothing.
+    PulseTimeout {
+        /// Missed pulses in a row.
+        missed: u32,
+    },
+    /// The server said `BYE` with this word (`shutdown` when it is stopping).
+    ServerGoodbye {
+        /// The server's reason word.
+        reason: String,
+    },
+    /// The server sent `ERROR` and closed.
+    ServerError {
+        /// The code.
+        code: ErrorCode,
+        /// The server's explanation.
+        text: String,
+    },
+    /// The server closed the connection without a word.
+    Eof,
+    /// The connection was reset.
+    Reset,
+    /// Another socket error.
+    Io(IoError),
+    /// The server broke the protocol; the client sent it `ERROR` and closed.
+    Protocol(ProtocolViolation),
+    /// The application closed the client.
+    ClosedByApplication,
+}
+
+impl DisconnectReason {
+    pub(crate) fn from_io(error: &io::Error) -> DisconnectReason {
+        match error.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => DisconnectReason::Reset,
+            io::ErrorKind::UnexpectedEof => DisconnectReason::Eof,
+            _ => DisconnectReason::Io(IoError::from(error)),
+        }
+    }
+
+    /// Whether the server told this client not to come back (`replaced`, `version`, `bad-id`):
+    /// reconnecting would only repeat the refusal or fight the other connection.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, DisconnectReason::ServerError { code, .. } if is_fatal_code(code))
+    }
+}
+
+pub(crate) fn is_fatal_code(code: &ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Replaced | ErrorCode::Version | ErrorCode::BadId
+    )
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::PulseTimeout { missed } => {
+                write!(f, "no pulse from the server ({missed} missed)")
+            }
+            DisconnectReason::ServerGoodbye { reason } => {
+                write!(f, "the server said goodbye ({reason})")
+            }
+            DisconnectReason::ServerError { code, text } => {
+                write!(f, "the server sent error {code}: {text}")
+            }
+            DisconnectReason::Eof => f.write_str("the server closed the connection"),
+            DisconnectReason::Reset => f.write_str("the connection was reset"),
+            DisconnectReason::Io(error) => write!(f, "socket error: {error}"),
+            DisconnectReason::Protocol(violation) => {
+                write!(f, "the server broke the protocol: {violation}")
+            }
+            DisconnectReason::ClosedByApplication => f.write_str("closed by the application"),
+        }
+    }
+}
+
+/// A frame from the other side that breaks the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolViolation {
+    /// Bytes that do not decode.
+    Decode(DecodeError),
+    /// A valid frame at the wrong moment.
+    Unexpected {
+        /// Its verb.
+        verb: &'static str,
+    },
+}
+
+impl ProtocolViolation {
+    /// The code to answer with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolViolation::Decode(error) => error.code(),
+            ProtocolViolation::Unexpected { .. } => ErrorCode::Unexpected,
+        }
+    }
+}
+
+impl fmt::Display for ProtocolViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolViolation::Decode(error) => error.fmt(f),
+            ProtocolViolation::Unexpected { verb } => write!(f, "unexpected {verb}"),
+        }
+    }
+}
+
+/// Why a connect attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Resolving or connecting failed (refused, unreachable, …).
+    Io(IoError),
+    /// The TCP connect took longer than the connect timeout.
+    ConnectTimeout(Duration),
+    /// The server did not answer `HELLO` within the handshake timeout.
+    HandshakeTimeout(Duration),
+    /// The server closed the connection during the handshake.
+    Eof,
+    /// The server answered `HELLO` with `ERROR`.
+    Rejected {
+        /// The code.
+        code: ErrorCode,
+        /// The server's explanation.
+        text: String,
+    },
+    /// The server's answer broke the protocol.
+    Protocol(ProtocolViolation),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Io(error) => write!(f, "connect failed: {error}"),
+            ConnectError::ConnectTimeout(limit) => write!(f, "connect timed out after {limit:?}"),
+            ConnectError::HandshakeTimeout(limit) => write!(f, "no WELCOME within {limit:?}"),
+            ConnectError::Eof => {
+                f.write_str("the server closed the connection during the handshake")
+            }
+            ConnectError::Rejected { code, text } => {
+                write!(f, "the server refused: {code}: {text}")
+            }
+            ConnectError::Protocol(violation) => write!(f, "bad handshake answer: {violation}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// What ended the previous attempt or connection, as reported in [`Event::BackingOff`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// A connect attempt failed.
+    Connect(ConnectError),
+    /// A live connection ended.
+    Disconnected(DisconnectReason),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Connect(error) => error.fmt(f),
+            Failure::Disconnected(reason) => reason.fmt(f),
+        }
+    }
+}
+
+/// Why the client stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// [`Client::close`](crate::Client::close) was called, or every handle was dropped.
+    Application,
+    /// The reconnect policy's attempt or time limit was reached.
+    GaveUp {
+        /// Attempts made in the last offline period.
+        attempts: u32,
+        /// How long that period lasted.
+        elapsed: Duration,
+    },
+    /// The server refused this client in a way retrying cannot fix (`replaced`, `version`,
+    /// `bad-id`).
+    Rejected {
+        /// The code.
+        code: ErrorCode,
+        /// The server's explanation.
+        text: String,
+    },
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Application => f.write_str("closed by the application"),
+            CloseReason::GaveUp { attempts, elapsed } => {
+                write!(f, "gave up after {attempts} attempts in {elapsed:?}")
+            }
+            CloseReason::Rejected { code, text } => {
+                write!(f, "rejected by the server: {code}: {text}")
+            }
+        }
+    }
+}
+
+/// An I/O error in a form that can be cloned and compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoError {
+    /// The kind.
+    pub kind: io::ErrorKind,
+    /// The operating system's message.
+    pub message: String,
+}
+
+impl From<&io::Error> for IoError {
+    fn from(error: &io::Error) -> Self {
+        IoError {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Why [`Client::send`](crate::Client::send) or [`Client::try_send`](crate::Client::try_send)
+/// refused a message. Every variant hands the payload back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The client is not online; nothing is queued while offline.
+    Offline(Bytes),
+    /// The send queue is full (only from `try_send`; `send` waits).
+    Full(Bytes),
+    /// The payload is above the configured limit.
+    TooLarge {
+        /// The payload.
+        payload: Bytes,
+        /// The limit.
+        max: usize,
+    },
+    /// The client is closed.
+    Closed(Bytes),
+}
+
+impl SendError {
+    /// The refused payload.
+    pub fn into_payload(self) -> Bytes {
+        match self {
+            SendError::Offline(payload)
+            | SendError::Full(payload)
+            | SendError::Closed(payload)
+            | SendError::TooLarge { payload, .. } => payload,
+        }
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Offline(_) => f.write_str("not sent: the client is offline"),
+            SendError::Full(_) => f.write_str("not sent: the send queue is full"),
+            SendError::TooLarge { payload, max } => {
+                write!(
+                    f,
+                    "not sent: {} bytes exceed the limit of {max}",
+                    payload.len()
+                )
+            }
+            SendError::Closed(_) => f.write_str("not sent: the client is closed"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Why [`Client::probe`](crate::Client::probe) has no round trip to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The client is not online.
+    Offline,
+    /// The connection ended before the answer came.
+    Disconnected,
+    /// Too many probes are waiting for answers already.
+    TooMany,
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Offline => f.write_str("probe failed: the client is offline"),
+            ProbeError::Disconnected => {
+                f.write_str("probe failed: the connection ended before the answer")
+            }
+            ProbeError::TooMany => f.write_str("probe failed: too many probes in flight"),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}

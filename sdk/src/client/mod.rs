@@ -1,0 +1,335 @@
+//! The client: a handle for the application, a stream of events, and a driver running the
+//! reconnector, responder and checker.
+
+mod config;
+mod driver;
+mod event;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::Stream;
+
+use crate::core::MissCounter;
+use crate::protocol::{Frame, SessionId};
+
+pub(crate) use config::validate_payload;
+pub use config::{ClientConfig, ClientConfigBuilder, ConfigError, MAX_PAYLOAD_LIMIT};
+pub use event::{
+    CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, ProbeError,
+    ProtocolViolation, SendError, State,
+};
+
+/// How many probes may wait for their answer at once.
+const MAX_PROBES: usize = 64;
+
+/// The application's handle to a client connection. Cheap to clone; every clone controls the
+/// same connection.
+///
+/// The connection itself is kept by a [`Driver`] future: [`Client::start`] spawns it for you,
+/// [`Client::new`] hands it over so you can run it on the executor of your choice. When every
+/// handle is dropped, the driver closes the connection as [`Client::close`] would.
+///
+/// ```no_run
+/// use futures::StreamExt;
+/// use pulsewire::{Client, ClientConfig, Event};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = ClientConfig::builder("127.0.0.1:7878", "desk-42").build()?;
+/// let (client, mut events) = Client::start(config);
+/// while let Some(event) = events.next().await {
+///     match event {
+///         Event::Connected { session, .. } => {
+///             println!("online, session {session}");
+///             client.send("hello").await?;
+///         }
+///         Event::Message(bytes) => println!("server says {bytes:?}"),
+///         Event::Disconnected { reason } => println!("lost: {reason}"),
+///         Event::Closed { .. } => break,
+///         _ => {}
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<ClientConfig>,
+    shared: Arc<Shared>,
+    /// Closed (or dropped with the last handle) to tell the driver to stop.
+    close: async_channel::Sender<()>,
+    /// Fails once the driver has finished.
+    done: async_channel::Receiver<()>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.inner.config.server)
+            .field("client_id", &self.inner.config.client_id)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts a client whose driver runs on the built-in (async-std) executor.
+    pub fn start(config: ClientConfig) -> (Client, Events) {
+        let (client, events, driver) = Client::new(config);
+        crate::rt::spawn(driver);
+        (client, events)
+    }
+
+    /// Creates a client and its driver without running it: poll the [`Driver`] on any
+    /// executor (`smol::spawn`, `tokio::spawn`, a thread with `futures::executor::block_on`).
+    /// Nothing connects until the driver runs.
+    ///
+    /// ```
+    /// use pulsewire::{Client, ClientConfig, State};
+    ///
+    /// let config = ClientConfig::builder("127.0.0.1:7878", "desk-42").build().unwrap();
+    /// let (client, _events, driver) = Client::new(config);
+    /// assert_eq!(client.state(), State::Offline);
+    /// std::thread::spawn(move || futures::executor::block_on(driver));
+    /// ```
+    pub fn new(config: ClientConfig) -> (Client, Events, Driver) {
+        let config = Arc::new(config);
+        let shared = Arc::new(Shared {
+            phase: Mutex::new(Phase::Offline),
+        });
+        let (close_tx, close_rx) = async_channel::bounded(1);
+        let (done_tx, done_rx) = async_channel::bounded(1);
+        let (event_tx, event_rx) = async_channel::unbounded();
+        let driver = driver::run(config.clone(), shared.clone(), event_tx, close_rx, done_tx);
+        let inner = Inner {
+            config,
+            shared,
+            close: close_tx,
+            done: done_rx,
+        };
+        (
+            Client {
+                inner: Arc::new(inner),
+            },
+            Events {
+                rx: Box::pin(event_rx),
+            },
+            Driver(Box::pin(driver)),
+        )
+    }
+
+    /// The client's configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        match &*self.inner.shared.phase() {
+            Phase::Offline => State::Offline,
+            Phase::Connecting { attempt } => State::Connecting { attempt: *attempt },
+            Phase::Online(link) => State::Online {
+                session: link.session.clone(),
+                misses: link.misses.missed(),
+            },
+            Phase::BackingOff {
+                attempt,
+                next_delay,
+                retry_at,
+            } => State::BackingOff {
+                attempt: *attempt,
+                next_delay: *next_delay,
+                retry_at: *retry_at,
+            },
+            Phase::Closed(reason) => State::Closed {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Queues a message for the server without waiting.
+    ///
+    /// Messages are only accepted while online; see [`SendError`] for every refusal, each of
+    /// which hands the payload back. A message accepted here is either written to the
+    /// connection or returned in [`Event::Undelivered`] when the connection ends first.
+    pub fn try_send(&self, payload: impl Into<Bytes>) -> Result<(), SendError> {
+        let link = self.link_for(payload.into())?;
+        let (link, payload) = link;
+        link.data.try_send(payload).map_err(|error| match error {
+            async_channel::TrySendError::Full(payload) => SendError::Full(payload),
+            async_channel::TrySendError::Closed(payload) => SendError::Offline(payload),
+        })
+    }
+
+    /// Queues a message for the server, waiting while the send queue is full.
+    ///
+    /// Fails at once when the client is offline (nothing is queued across reconnects) and when
+    /// the connection ends while waiting; the error hands the payload back.
+    pub async fn send(&self, payload: impl Into<Bytes>) -> Result<(), SendError> {
+        let (link, payload) = self.link_for(payload.into())?;
+        link.data
+            .send(payload)
+            .await
+            .map_err(|error| SendError::Offline(error.0))
+    }
+
+    fn link_for(&self, payload: Bytes) -> Result<(Arc<Link>, Bytes), SendError> {
+        let max = self.inner.config.max_payload;
+        if payload.len() > max {
+            return Err(SendError::TooLarge { payload, max });
+        }
+        match &*self.inner.shared.phase() {
+            Phase::Online(link) => Ok((link.clone(), payload)),
+            Phase::Closed(_) => Err(SendError::Closed(payload)),
+            _ => Err(SendError::Offline(payload)),
+        }
+    }
+
+    /// Sends a `PULSE` of the client's own and waits for the server's `ALIVE`: the round trip
+    /// right now. Useful after the application was suspended, to check the link at once. A
+    /// probe answered or not also feeds the miss counter as any frame does.
+    ///
+    /// It resolves with an error when the connection ends first, so a dead server makes it
+    /// fail within the miss window; wrap it in a timeout for a tighter bound.
+    pub async fn probe(&self) -> Result<Duration, ProbeError> {
+        let link = match &*self.inner.shared.phase() {
+            Phase::Online(link) => link.clone(),
+            _ => return Err(ProbeError::Offline),
+        };
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let seq = {
+            let mut probes = lock(&link.probes);
+            if probes.waiting.len() >= MAX_PROBES {
+                return Err(ProbeError::TooMany);
+            }
+            probes.next_seq += 1;
+            let seq = probes.next_seq;
+            probes.waiting.insert(seq, (Instant::now(), answer_tx));
+            seq
+        };
+        if link.control.send(Frame::Pulse { seq }).await.is_err() {
+            lock(&link.probes).waiting.remove(&seq);
+            return Err(ProbeError::Disconnected);
+        }
+        answer_rx.await.map_err(|_| ProbeError::Disconnected)
+    }
+
+    /// Closes the client: queued messages are flushed, `BYE quit` is sent, the connection and
+    /// every task end, and [`Event::Closed`] is the last event. Returns once the driver has
+    /// finished, or after the close timeout plus a second if the driver is stuck or never ran.
+    pub async fn close(&self) {
+        self.inner.close.close();
+        let bound = self.inner.config.close_timeout + Duration::from_secs(1);
+        // `recv` fails once the driver dropped its end: that is the signal, not an error.
+        let _ = crate::rt::timeout(bound, self.inner.done.recv()).await;
+    }
+
+    /// Whether the driver has finished (after [`Client::close`], a give-up or a refusal).
+    pub fn is_finished(&self) -> bool {
+        self.inner.done.is_closed()
+    }
+}
+
+/// The future that keeps the connection: reconnector, responder and checker run inside it.
+/// Poll it to completion on any executor; it ends after the client is closed, gives up, or is
+/// refused for good. Dropping it stops everything at once (without a `BYE`).
+#[must_use = "the client does nothing unless its driver runs"]
+pub struct Driver(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Driver")
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// The client's events, in order, as a [`Stream`]; it ends after [`Event::Closed`].
+///
+/// Events are buffered without bound, so the driver never waits for the application: read
+/// them steadily (a GUI calls [`Events::try_next`] each frame), or drop the stream to ignore
+/// them.
+#[derive(Debug)]
+pub struct Events {
+    rx: Pin<Box<async_channel::Receiver<Event>>>,
+}
+
+impl Events {
+    /// The next event if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.as_mut().poll_next(cx)
+    }
+}
+
+/// What the handle and the driver share.
+pub(crate) struct Shared {
+    phase: Mutex<Phase>,
+}
+
+impl Shared {
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        lock(&self.phase)
+    }
+
+    fn set(&self, phase: Phase) {
+        *self.phase() = phase;
+    }
+}
+
+pub(crate) enum Phase {
+    Offline,
+    Connecting {
+        attempt: u32,
+    },
+    Online(Arc<Link>),
+    BackingOff {
+        attempt: u32,
+        next_delay: Duration,
+        retry_at: Instant,
+    },
+    Closed(CloseReason),
+}
+
+/// One live connection, as the handle reaches it.
+pub(crate) struct Link {
+    session: SessionId,
+    misses: MissCounter,
+    control: async_channel::Sender<Frame>,
+    data: async_channel::Sender<Bytes>,
+    probes: Mutex<Probes>,
+}
+
+#[derive(Default)]
+struct Probes {
+    next_seq: u64,
+    waiting: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
+/// section here is a plain assignment or map update).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,86 @@
+//! A fixed-rate tick schedule: when the next tick is due, given the current time.
+
+use std::time::{Duration, Instant};
+
+/// Ticks every `interval` from a start time, without drift: tick *n* is due at
+/// `start + n × interval`. A caller that wakes late (a busy machine, a suspended laptop) gets one
+/// tick for all the overdue ones, and the schedule continues from the next multiple, so a
+/// process resumed after a long sleep does not fire a burst of ticks at once.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use pulsewire::core::Cadence;
+///
+/// let start = Instant::now();
+/// let ms = Duration::from_millis;
+/// let mut cadence = Cadence::new(start, ms(100));
+/// assert_eq!(cadence.next_deadline(), start + ms(100));
+/// assert!(!cadence.poll(start + ms(99)));
+/// assert!(cadence.poll(start + ms(100)));
+/// assert!(cadence.poll(start + ms(750))); // late: one tick for the overdue ones
+/// assert_eq!(cadence.next_deadline(), start + ms(800));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cadence {
+    interval: Duration,
+    next: Instant,
+}
+
+impl Cadence {
+    /// A schedule whose first tick is one interval after `start` (an interval of zero is
+    /// treated as one millisecond).
+    pub fn new(start: Instant, interval: Duration) -> Cadence {
+        let interval = interval.max(Duration::from_millis(1));
+        Cadence {
+            interval,
+            next: start + interval,
+        }
+    }
+
+    /// The interval between ticks.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// When the next tick is due.
+    pub fn next_deadline(&self) -> Instant {
+        self.next
+    }
+
+    /// Whether a tick is due at `now`; if so, the schedule moves to the next deadline after
+    /// `now`.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        let behind = now.duration_since(self.next);
+        let skipped = behind.as_nanos() / self.interval.as_nanos();
+        // `skipped` intervals fit within `behind`, so the multiplication cannot overflow the
+        // duration that `now` already is.
+        self.next += self.interval * (u32::try_from(skipped + 1).unwrap_or(u32::MAX));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_do_not_drift_when_polled_late() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut cadence = Cadence::new(start, ms(10));
+        for n in 1..=100u32 {
+            // Wake 3 ms late every time: the deadlines stay on the 10 ms grid.
+            assert!(cadence.poll(start + ms(10) * n + ms(3)));
+            assert_eq!(cadence.next_deadline(), start + ms(10) * (n + 1));
+        }
+    }
+
+    #[test]
+    fn zero_interval_is_one_millisecond() {
+        let cadence = Cadence::new(Instant::now(), Duration::ZERO);
+        assert_eq!(cadence.interval(), Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,14 @@
+//! The pure core: every decision about time, retries and liveness, as plain types.
+//!
+//! Nothing here opens a socket, spawns a task or reads the clock: time comes in as an argument,
+//! so the tests drive these types on a virtual clock in microseconds.
+
+mod backoff;
+mod cadence;
+mod miss;
+mod online;
+
+pub use self::backoff::{BackoffSchedule, FirstAttempt, PolicyError, ReconnectPolicy};
+pub use cadence::Cadence;
+pub use miss::{MissCounter, Tick};
+pub use online::{ConnKey, Departed, Eviction, Joined, OnlineList, PeerInfo};

@@ -1,0 +1,425 @@
+//! The server's online list: who is connected, and the per-peer miss bookkeeping.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{ClientId, SessionId};
+
+/// A unique number the server gives each accepted connection (client ids can repeat across
+/// connections; keys never do).
+pub type ConnKey = u64;
+
+/// One online peer as the application sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The id the peer announced in `HELLO`.
+    pub id: ClientId,
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// The session the server opened for it.
+    pub session: SessionId,
+    /// When it came online.
+    pub connected_since: Instant,
+    /// When its last frame arrived.
+    pub last_seen: Instant,
+    /// The round trip of its last answered pulse.
+    pub last_rtt: Option<Duration>,
+    /// Pulse ticks in a row with no frame from it.
+    pub misses: u32,
+}
+
+/// A peer that left the list, handed back with the link the caller stored for it.
+#[derive(Debug)]
+pub struct Departed<L> {
+    /// The connection key.
+    pub key: ConnKey,
+    /// The peer's last state.
+    pub info: PeerInfo,
+    /// The caller's link to the peer (its outbound queue, in the server).
+    pub link: L,
+}
+
+/// Why [`OnlineList::tick`] removed a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// More than `max_missed` ticks in a row with nothing from the peer.
+    Timeout {
+        /// The miss count that crossed the limit.
+        misses: u32,
+    },
+    /// The pulse could not be queued: the peer does not drain what it is sent.
+    Stalled,
+}
+
+struct Peer<L> {
+    info: PeerInfo,
+    link: L,
+    seen_since_tick: bool,
+    next_seq: u64,
+    /// The last pulse sent, to time its answer.
+    in_flight: Option<(u64, Instant)>,
+}
+
+/// The online list with the server's liveness rule, as a plain data structure: no sockets, no
+/// tasks, no clock. The server's hub task is its one owner.
+///
+/// At each tick, a peer that sent anything since the previous tick has its miss count reset,
+/// any other has it incremented, and a peer whose count exceeds `max_missed` is evicted; every
+/// remaining peer gets a pulse. A peer that falls silent is thus evicted between
+/// `(max_missed + 1) × interval` and `(max_missed + 2) × interval` after its last frame.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use pulsewire::core::{Eviction, OnlineList};
+/// use pulsewire::protocol::ClientId;
+///
+/// let t0 = Instant::now();
+/// let mut list = OnlineList::new(1, 0xabc);
+/// let id = ClientId::new("desk-1").unwrap();
+/// list.join(1, id, "127.0.0.1:5000".parse().unwrap(), "link", t0);
+///
+/// let mut pulses = Vec::new();
+/// let tick = Duration::from_secs(1);
+/// list.tick(t0 + tick, |_, seq| { pulses.push(seq); true }); // joined: counts as seen
+/// list.tick(t0 + tick * 2, |_, _| true); // silent: 1 miss
+/// let evicted = list.tick(t0 + tick * 3, |_, _| true); // silent: 2 misses > 1
+/// assert_eq!(pulses, vec![1]);
+/// assert_eq!(evicted.len(), 1);
+/// assert_eq!(evicted[0].1, Eviction::Timeout { misses: 2 });
+/// assert!(list.is_empty());
+/// ```
+pub struct OnlineList<L> {
+    peers: HashMap<ConnKey, Peer<L>>,
+    by_id: HashMap<ClientId, ConnKey>,
+    max_missed: u32,
+    session_prefix: u32,
+    sessions: u64,
+}
+
+impl<L> std::fmt::Debug for OnlineList<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineList")
+            .field("peers", &self.peers.len())
+            .field("max_missed", &self.max_missed)
+            .finish()
+    }
+}
+
+/// The outcome of [`OnlineList::join`].
+#[derive(Debug)]
+pub struct Joined<L> {
+    /// The new session.
+    pub session: SessionId,
+    /// The connection with the same client id that this one replaced.
+    pub replaced: Option<Departed<L>>,
+}
+
+impl<L> OnlineList<L> {
+    /// An empty list evicting past `max_missed` misses; session ids start with `session_prefix`
+    /// (a random number per server, so that sessions of two server runs differ).
+    pub fn new(max_missed: u32, session_prefix: u32) -> OnlineList<L> {
+        OnlineList {
+            peers: HashMap::new(),
+            by_id: HashMap::new(),
+            max_missed,
+            session_prefix,
+            sessions: 0,
+        }
+    }
+
+    /// Adds a peer that completed the handshake; an online peer with the same id is removed and
+    /// handed back in [`Joined::replaced`].
+    pub fn join(
+        &mut self,
+        key: ConnKey,
+        id: ClientId,
+        addr: SocketAddr,
+        link: L,
+        now: Instant,
+    ) -> Joined<L> {
+        let replaced = self.by_id.get(&id).copied().and_then(|old| self.leave(old));
+        self.sessions += 1;
+        // Hex digits only: always a valid session id.
+        let session = SessionId::new(format!("{:08x}{:x}", self.session_prefix, self.sessions))
+            .unwrap_or_else(|| unreachable!("hex digits form a valid session id"));
+        let info = PeerInfo {
+            id: id.clone(),
+            addr,
+            session: session.clone(),
+            connected_since: now,
+            last_seen: now,
+            last_rtt: None,
+            misses: 0,
+        };
+        self.by_id.insert(id, key);
+        self.peers.insert(
+            key,
+            Peer {
+                info,
+                link,
+                seen_since_tick: true,
+                next_seq: 1,
+                in_flight: None,
+            },
+        );
+        Joined { session, replaced }
+    }
+
+    /// A frame arrived from the peer. Returns false for a key that is not online.
+    pub fn seen(&mut self, key: ConnKey, now: Instant) -> bool {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return false;
+        };
+        peer.seen_since_tick = true;
+        peer.info.last_seen = now;
+        true
+    }
+
+    /// The peer answered pulse `seq`; returns the round trip when it answers the last pulse sent.
+    pub fn alive(&mut self, key: ConnKey, seq: u64, now: Instant) -> Option<Duration> {
+        self.seen(key, now);
+        let peer = self.peers.get_mut(&key)?;
+        let (sent_seq, sent_at) = peer.in_flight?;
+        if sent_seq != seq {
+            return None;
+        }
+        peer.in_flight = None;
+        let rtt = now.saturating_duration_since(sent_at);
+        peer.info.last_rtt = Some(rtt);
+        Some(rtt)
+    }
+
+    /// Removes a peer (it left, failed, or the caller drops it).
+    pub fn leave(&mut self, key: ConnKey) -> Option<Departed<L>> {
+        let peer = self.peers.remove(&key)?;
+        if self.by_id.get(&peer.info.id) == Some(&key) {
+            self.by_id.remove(&peer.info.id);
+        }
+        Some(Departed {
+            key,
+            info: peer.info,
+            link: peer.link,
+        })
+    }
+
+    /// One pulse tick at `now`: applies the miss rule, then calls `pulse(link, seq)` for every
+    /// peer still online. A peer for which `pulse` returns false is evicted as
+    /// [`Eviction::Stalled`]. Returns the evicted peers.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        mut pulse: impl FnMut(&L, u64) -> bool,
+    ) -> Vec<(Departed<L>, Eviction)> {
+        let mut evicted = Vec::new();
+        for (&key, peer) in &mut self.peers {
+            if peer.seen_since_tick {
+                peer.info.misses = 0;
+            } else {
+                peer.info.misses = peer.info.misses.saturating_add(1);
+            }
+            peer.seen_since_tick = false;
+            if peer.info.misses > self.max_missed {
+                evicted.push((
+                    key,
+                    Eviction::Timeout {
+                        misses: peer.info.misses,
+                    },
+                ));
+                continue;
+            }
+            let seq = peer.next_seq;
+            peer.next_seq += 1;
+            if pulse(&peer.link, seq) {
+                peer.in_flight = Some((seq, now));
+            } else {
+                evicted.push((key, Eviction::Stalled));
+            }
+        }
+        evicted
+            .into_iter()
+            .filter_map(|(key, why)| self.leave(key).map(|gone| (gone, why)))
+            .collect()
+    }
+
+    /// The link of the online peer named `id`.
+    pub fn link(&self, id: &ClientId) -> Option<&L> {
+        self.by_id
+            .get(id)
+            .and_then(|key| self.peers.get(key))
+            .map(|peer| &peer.link)
+    }
+
+    /// Every online peer's key and link.
+    pub fn links(&self) -> impl Iterator<Item = (ConnKey, &L)> + '_ {
+        self.peers.iter().map(|(key, peer)| (*key, &peer.link))
+    }
+
+    /// The online peers, sorted by id.
+    pub fn snapshot(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<_> = self.peers.values().map(|peer| peer.info.clone()).collect();
+        peers.sort_by(|a, b| a.id.cmp(&b.id));
+        peers
+    }
+
+    /// The peer under `key`.
+    pub fn peer(&self, key: ConnKey) -> Option<&PeerInfo> {
+        self.peers.get(&key).map(|peer| &peer.info)
+    }
+
+    /// How many peers are online.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is online.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Removes every peer (the server is shutting down).
+    pub fn drain(&mut self) -> Vec<Departed<L>> {
+        let keys: Vec<_> = self.peers.keys().copied().collect();
+        keys.into_iter().filter_map(|key| self.leave(key)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const I: Duration = Duration::from_millis(100);
+
+    fn id(name: &str) -> ClientId {
+        ClientId::new(name).unwrap()
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    /// Ticks every interval from `t0` until the peer under key 1 is evicted; returns the time.
+    fn evicted_at(list: &mut OnlineList<()>, t0: Instant, max_ticks: u32) -> Option<Instant> {
+        (1..=max_ticks)
+            .map(|n| t0 + I * n)
+            .find(|&now| !list.tick(now, |_, _| true).is_empty())
+    }
+
+    #[test]
+    fn peer_is_evicted_within_the_protocol_window_after_its_last_frame() {
+        for max_missed in 1..=5u32 {
+            for offset_ms in [1u64, 50, 99] {
+                let t0 = Instant::now();
+                let mut list = OnlineList::new(max_missed, 0);
+                list.join(1, id("a"), addr(), (), t0);
+                let last_frame = t0 + Duration::from_millis(offset_ms);
+                list.seen(1, last_frame);
+                let gone = evicted_at(&mut list, t0, 100).unwrap();
+                let silent = gone - last_frame;
+                assert!(
+                    silent > I * (max_missed + 1) && silent <= I * (max_missed + 2),
+                    "max {max_missed}: {silent:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn answering_peer_is_never_evicted_and_misses_stay_zero() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(1, 0);
+        list.join(1, id("a"), addr(), (), t0);
+        for n in 1..=1000u32 {
+            let now = t0 + I * n;
+            let mut sent = None;
+            assert!(list
+                .tick(now, |_, seq| {
+                    sent = Some(seq);
+                    true
+                })
+                .is_empty());
+            assert_eq!(list.peer(1).unwrap().misses, 0);
+            let rtt = list.alive(1, sent.unwrap(), now + Duration::from_millis(3));
+            assert_eq!(rtt, Some(Duration::from_millis(3)));
+        }
+        assert_eq!(list.snapshot()[0].last_rtt, Some(Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn stale_answer_gives_no_rtt_but_counts_as_seen() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(1, 0);
+        list.join(1, id("a"), addr(), (), t0);
+        list.tick(t0 + I, |_, _| true);
+        list.tick(t0 + I * 2, |_, _| true);
+        assert_eq!(list.alive(1, 1, t0 + I * 2), None);
+        list.tick(t0 + I * 3, |_, _| true);
+        assert_eq!(list.peer(1).unwrap().misses, 0);
+    }
+
+    #[test]
+    fn pulse_numbers_increase_per_peer() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(10, 0);
+        list.join(1, id("a"), addr(), 1u8, t0);
+        list.tick(t0 + I, |_, _| true);
+        list.join(2, id("b"), addr(), 2u8, t0 + I);
+        let mut seen = Vec::new();
+        list.tick(t0 + I * 2, |link, seq| {
+            seen.push((*link, seq));
+            true
+        });
+        seen.sort();
+        assert_eq!(seen, vec![(1, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn peer_whose_queue_is_full_is_evicted_as_stalled() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(3, 0);
+        list.join(1, id("slow"), addr(), false, t0);
+        list.join(2, id("fast"), addr(), true, t0);
+        let evicted = list.tick(t0 + I, |accepts, _| *accepts);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].0.info.id, id("slow"));
+        assert_eq!(evicted[0].1, Eviction::Stalled);
+        assert_eq!(list.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_id_replaces_the_old_connection() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(3, 0);
+        let first = list.join(1, id("desk"), addr(), "old", t0);
+        let second = list.join(2, id("desk"), addr(), "new", t0);
+        let replaced = second.replaced.unwrap();
+        assert_eq!((replaced.key, replaced.link), (1, "old"));
+        assert_ne!(first.session, second.session);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list.link(&id("desk")), Some(&"new"));
+        // The old connection's own leave arrives later and must not remove the new one.
+        assert!(list.leave(1).is_none());
+        assert_eq!(list.link(&id("desk")), Some(&"new"));
+    }
+
+    #[test]
+    fn sessions_are_unique_and_carry_the_prefix() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(3, 0xdead);
+        let a = list.join(1, id("a"), addr(), (), t0).session;
+        let b = list.join(2, id("b"), addr(), (), t0).session;
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("0000dead"));
+    }
+
+    #[test]
+    fn drain_empties_the_list() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(3, 0);
+        list.join(1, id("a"), addr(), (), t0);
+        list.join(2, id("b"), addr(), (), t0);
+        assert_eq!(list.drain().len(), 2);
+        assert!(list.is_empty());
+        assert!(list.link(&id("a")).is_none());
+    }
+}

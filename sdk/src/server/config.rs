@@ -1,0 +1,217 @@
+//! The server's configuration and its builder.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::client::{validate_payload, ConfigError};
+use crate::protocol::DEFAULT_MAX_PAYLOAD;
+
+/// The server's settings, validated. Build one with [`ServerConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) interval: Duration,
+    pub(crate) max_missed: u32,
+    pub(crate) max_payload: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) outbound_queue: usize,
+    pub(crate) write_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Starts a configuration with every default: listen on `127.0.0.1:7878`, pulse every
+    /// second, evict after 3 missed pulses, accept payloads of up to 1 MiB.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pulsewire::ServerConfig;
+    ///
+    /// let config = ServerConfig::builder()
+    ///     .listen("0.0.0.0:9000".parse().unwrap())
+    ///     .interval(Duration::from_millis(500))
+    ///     .max_missed(4)
+    ///     .build()
+    ///     .expect("valid config");
+    /// assert_eq!(config.interval(), Duration::from_millis(500));
+    ///
+    /// let error = ServerConfig::builder().interval(Duration::from_micros(10)).build().unwrap_err();
+    /// assert!(error.to_string().contains("interval"));
+    /// ```
+    pub fn builder() -> ServerConfigBuilder {
+        ServerConfigBuilder {
+            config: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+                interval: Duration::from_secs(1),
+                max_missed: 3,
+                max_payload: DEFAULT_MAX_PAYLOAD,
+                handshake_timeout: Duration::from_secs(5),
+                outbound_queue: 64,
+                write_timeout: Duration::from_secs(5),
+                shutdown_grace: Duration::from_millis(500),
+            },
+        }
+    }
+
+    /// The address to listen on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The pulse interval.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The miss limit: a peer is evicted when its miss count exceeds it.
+    pub fn max_missed(&self) -> u32 {
+        self.max_missed
+    }
+
+    /// The largest `DATA` payload accepted from a peer.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+}
+
+/// Builds a [`ServerConfig`].
+#[derive(Debug, Clone)]
+#[must_use = "call .build() to get a ServerConfig"]
+pub struct ServerConfigBuilder {
+    config: ServerConfig,
+}
+
+impl ServerConfigBuilder {
+    /// The address to listen on (default `127.0.0.1:7878`; port 0 picks a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = addr;
+        self
+    }
+
+    /// The pulse interval, whole milliseconds from 1 ms to 1 hour (default 1 s).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.config.interval = interval;
+        self
+    }
+
+    /// How many pulse ticks in a row a peer may stay silent; one more and it is evicted
+    /// (default 3, at least 1).
+    pub fn max_missed(mut self, max_missed: u32) -> Self {
+        self.config.max_missed = max_missed;
+        self
+    }
+
+    /// The largest message, in bytes, accepted from a peer (default 1 MiB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.config.max_payload = bytes;
+        self
+    }
+
+    /// How long a new connection may take to send `HELLO` (default 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many frames may wait for one peer (default 64). A peer so slow that its queue is
+    /// full when a pulse is due is dropped, so that it never delays the others.
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.config.outbound_queue = frames;
+        self
+    }
+
+    /// How long one write to a peer may block before the peer is dropped (default 5 s).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// How long [`Server::shutdown`](crate::Server::shutdown) lets connections say goodbye
+    /// before cutting them (default 500 ms).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Validates everything and returns the configuration.
+    pub fn build(self) -> Result<ServerConfig, ConfigError> {
+        let config = self.config;
+        let ms = config.interval.as_millis();
+        if ms == 0 || ms > 3_600_000 || config.interval.subsec_nanos() % 1_000_000 != 0 {
+            return Err(ConfigError::OutOfRange {
+                name: "interval",
+                expected: "a whole number of milliseconds from 1 ms to 1 h",
+            });
+        }
+        if config.max_missed == 0 {
+            return Err(ConfigError::ZeroCount("max missed"));
+        }
+        if config.outbound_queue < 2 {
+            return Err(ConfigError::OutOfRange {
+                name: "outbound queue",
+                expected: "at least 2 frames",
+            });
+        }
+        for (name, value) in [
+            ("handshake timeout", config.handshake_timeout),
+            ("write timeout", config.write_timeout),
+            ("shutdown grace", config.shutdown_grace),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        validate_payload(config.max_payload)?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_rejected_with_a_precise_error() {
+        let cases = [
+            (
+                ServerConfig::builder().interval(Duration::ZERO).build(),
+                "interval must be",
+            ),
+            (
+                ServerConfig::builder()
+                    .interval(Duration::from_micros(1500))
+                    .build(),
+                "interval must be",
+            ),
+            (
+                ServerConfig::builder()
+                    .interval(Duration::from_secs(7200))
+                    .build(),
+                "interval must be",
+            ),
+            (
+                ServerConfig::builder().max_missed(0).build(),
+                "max missed must be at least 1",
+            ),
+            (
+                ServerConfig::builder().outbound_queue(1).build(),
+                "outbound queue",
+            ),
+            (
+                ServerConfig::builder()
+                    .handshake_timeout(Duration::ZERO)
+                    .build(),
+                "handshake timeout",
+            ),
+            (
+                ServerConfig::builder().max_payload(0).build(),
+                "max payload",
+            ),
+        ];
+        for (result, expected) in cases {
+            let message = result.unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+        }
+        assert!(ServerConfig::builder().build().is_ok());
+    }
+}

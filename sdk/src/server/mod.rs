@@ -1,0 +1,420 @@
+//! The server engine: accept loop, handshakes, the online list's owner (the hub, which is also
+//! the one pulse loop), and two tasks per connection (reader and writer).
+
+mod config;
+mod conn;
+mod hub;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::{self, Either};
+use futures::Stream;
+
+use crate::client::{IoError, ProtocolViolation};
+use crate::protocol::{ClientId, ErrorCode};
+use crate::rt;
+
+pub use crate::core::PeerInfo;
+pub use config::{ServerConfig, ServerConfigBuilder};
+use hub::HubMsg;
+
+/// A running server. Cheap to clone; every clone controls the same server. When the last
+/// handle is dropped the server shuts down as [`Server::shutdown`] would, in the background.
+///
+/// ```
+/// use pulsewire::{Server, ServerConfig};
+///
+/// async_std::task::block_on(async {
+///     let config = ServerConfig::builder().listen("127.0.0.1:0".parse().unwrap()).build().unwrap();
+///     let (server, _events) = Server::bind(config).await.expect("bind");
+///     assert!(server.online().await.is_empty());
+///     server.shutdown().await;
+///     assert_eq!(server.live_tasks(), 0);
+/// });
+/// ```
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local_addr: SocketAddr,
+    config: Arc<ServerConfig>,
+    hub: async_channel::Sender<HubMsg>,
+    /// Closed to stop: no more accepts or handshakes, every peer gets `BYE shutdown`.
+    stop: async_channel::Sender<()>,
+    /// Closed when the grace period is over: every connection still open is cut.
+    halt: async_channel::Sender<()>,
+    tracker: Tracker,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.close();
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds the listening socket and starts the server's tasks on the built-in (async-std)
+    /// executor. Returns the handle and the stream of server events.
+    pub async fn bind(config: ServerConfig) -> std::io::Result<(Server, ServerEvents)> {
+        let listener = rt::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let config = Arc::new(config);
+        let (hub_tx, hub_rx) = async_channel::bounded(4096);
+        let (event_tx, event_rx) = async_channel::unbounded();
+        let (stop_tx, stop_rx) = async_channel::bounded(1);
+        let (halt_tx, halt_rx) = async_channel::bounded(1);
+        let tracker = Tracker::new();
+        let ctx = Arc::new(conn::Context {
+            config: config.clone(),
+            hub: hub_tx.clone(),
+            stop: stop_rx.clone(),
+            halt: halt_rx,
+            tracker: tracker.clone(),
+            keys: AtomicU64::new(0),
+        });
+        let hub_guard = tracker.guard();
+        let hub_config = config.clone();
+        rt::spawn(async move {
+            hub::run(hub_config, hub_rx, event_tx, stop_rx).await;
+            drop(hub_guard);
+        });
+        let accept_guard = tracker.guard();
+        rt::spawn(async move {
+            conn::accept_loop(listener, ctx).await;
+            drop(accept_guard);
+        });
+        tracing::info!(%local_addr, interval = ?config.interval, max_missed = config.max_missed, "listening");
+        let inner = Inner {
+            local_addr,
+            config,
+            hub: hub_tx,
+            stop: stop_tx,
+            halt: halt_tx,
+            tracker,
+        };
+        Ok((
+            Server {
+                inner: Arc::new(inner),
+            },
+            ServerEvents {
+                rx: Box::pin(event_rx),
+            },
+        ))
+    }
+
+    /// The address the server listens on (with the real port when it was bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The server's configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// A snapshot of the online list, sorted by client id (empty once the server stopped).
+    pub async fn online(&self) -> Vec<PeerInfo> {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.hub.send(HubMsg::Online { reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Queues a message for the online peer `peer`.
+    pub async fn send(
+        &self,
+        peer: &ClientId,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ServerSendError> {
+        let payload = payload.into();
+        let (reply, answer) = oneshot::channel();
+        let msg = HubMsg::SendTo {
+            peer: peer.clone(),
+            payload,
+            reply,
+        };
+        if self.inner.hub.send(msg).await.is_err() {
+            return Err(ServerSendError::Stopped);
+        }
+        answer.await.unwrap_or(Err(ServerSendError::Stopped))
+    }
+
+    /// Queues a message for every online peer; returns how many peers it was queued for
+    /// (peers whose queue is full are skipped).
+    pub async fn broadcast(&self, payload: impl Into<Bytes>) -> usize {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inner
+            .hub
+            .send(HubMsg::Broadcast {
+                payload: payload.into(),
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        answer.await.unwrap_or(0)
+    }
+
+    /// How many of the server's tasks are running (accept loop, hub, and two per connection):
+    /// 0 once [`Server::shutdown`] returned.
+    pub fn live_tasks(&self) -> usize {
+        self.inner.tracker.live()
+    }
+
+    /// Stops the server: no new connections, `BYE shutdown` to every peer, then waits for every
+    /// connection to close — for the shutdown grace at most, after which the remaining ones are
+    /// cut. When it returns, no task of the server runs and no socket is open.
+    pub async fn shutdown(&self) {
+        self.inner.stop.close();
+        let grace = self.inner.config.shutdown_grace;
+        if rt::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                live = self.inner.tracker.live(),
+                "shutdown grace over: cutting the remaining connections"
+            );
+            self.inner.halt.close();
+            self.inner.tracker.wait().await;
+        }
+        tracing::info!("server stopped");
+    }
+}
+
+/// Why [`Server::send`] did not queue a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSendError {
+    /// No online peer has this id.
+    NotOnline(Bytes),
+    /// The peer's outbound queue is full.
+    Full(Bytes),
+    /// The server has stopped.
+    Stopped,
+}
+
+impl fmt::Display for ServerSendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerSendError::NotOnline(_) => f.write_str("not sent: no such peer online"),
+            ServerSendError::Full(_) => f.write_str("not sent: the peer's queue is full"),
+            ServerSendError::Stopped => f.write_str("not sent: the server has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for ServerSendError {}
+
+/// Something that happened on the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// A peer completed the handshake and is in the online list.
+    PeerOnline {
+        /// The peer.
+        peer: PeerInfo,
+    },
+    /// A peer left the online list.
+    PeerOffline {
+        /// The peer as it was last.
+        peer: PeerInfo,
+        /// Why it left.
+        reason: OfflineReason,
+    },
+    /// A message from a peer.
+    Message {
+        /// The sender.
+        peer: ClientId,
+        /// The bytes.
+        payload: Bytes,
+    },
+}
+
+/// Why a peer left the online list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfflineReason {
+    /// The peer said `BYE` (with its word).
+    Goodbye {
+        /// The peer's reason word.
+        reason: String,
+    },
+    /// Evicted: its miss count exceeded the limit.
+    Timeout {
+        /// The miss count.
+        misses: u32,
+    },
+    /// Dropped: its outbound queue was full when a pulse was due.
+    Stalled,
+    /// Dropped: a write to it blocked past the write timeout.
+    WriteTimeout,
+    /// A new connection with the same id replaced it.
+    Replaced,
+    /// It closed the connection without `BYE`.
+    Eof,
+    /// Its connection was reset.
+    Reset,
+    /// Another socket error.
+    Io(IoError),
+    /// It broke the protocol and was sent `ERROR`.
+    Protocol(ProtocolViolation),
+    /// It sent `ERROR`.
+    PeerError {
+        /// The code.
+        code: ErrorCode,
+        /// Its text.
+        text: String,
+    },
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl OfflineReason {
+    fn from_io(error: &std::io::Error) -> OfflineReason {
+        use std::io::ErrorKind::*;
+        match error.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe => OfflineReason::Reset,
+            UnexpectedEof => OfflineReason::Eof,
+            _ => OfflineReason::Io(IoError::from(error)),
+        }
+    }
+}
+
+impl fmt::Display for OfflineReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OfflineReason::Goodbye { reason } => write!(f, "goodbye ({reason})"),
+            OfflineReason::Timeout { misses } => write!(f, "evicted after {misses} missed pulses"),
+            OfflineReason::Stalled => f.write_str("dropped: not reading (outbound queue full)"),
+            OfflineReason::WriteTimeout => f.write_str("dropped: write timed out"),
+            OfflineReason::Replaced => f.write_str("replaced by a new connection with the same id"),
+            OfflineReason::Eof => f.write_str("connection closed"),
+            OfflineReason::Reset => f.write_str("connection reset"),
+            OfflineReason::Io(error) => write!(f, "socket error: {error}"),
+            OfflineReason::Protocol(violation) => write!(f, "protocol error: {violation}"),
+            OfflineReason::PeerError { code, text } => write!(f, "peer sent error {code}: {text}"),
+            OfflineReason::Shutdown => f.write_str("server shutdown"),
+        }
+    }
+}
+
+/// The server's events, in order, as a [`Stream`]; it ends after the server stopped.
+///
+/// Events are buffered without bound so that the server never waits for the application:
+/// read them steadily, or drop the stream to ignore them.
+#[derive(Debug)]
+pub struct ServerEvents {
+    rx: Pin<Box<async_channel::Receiver<ServerEvent>>>,
+}
+
+impl ServerEvents {
+    /// The next event if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Option<ServerEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Stream for ServerEvents {
+    type Item = ServerEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ServerEvent>> {
+        self.rx.as_mut().poll_next(cx)
+    }
+}
+
+/// Counts the server's tasks and lets shutdown wait for the last one.
+#[derive(Clone)]
+pub(crate) struct Tracker(Arc<TrackerInner>);
+
+struct TrackerInner {
+    live: AtomicUsize,
+    /// Every guard holds a clone; `all_done` fails once the origin and all clones are gone.
+    origin: Mutex<Option<async_channel::Sender<()>>>,
+    all_done: async_channel::Receiver<()>,
+}
+
+/// Held by a running task; dropping it marks the task finished.
+pub(crate) struct TaskGuard {
+    tracker: Arc<TrackerInner>,
+    _alive: Option<async_channel::Sender<()>>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.tracker.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Tracker {
+    fn new() -> Tracker {
+        let (origin, all_done) = async_channel::bounded(1);
+        Tracker(Arc::new(TrackerInner {
+            live: AtomicUsize::new(0),
+            origin: Mutex::new(Some(origin)),
+            all_done,
+        }))
+    }
+
+    pub(crate) fn guard(&self) -> TaskGuard {
+        self.0.live.fetch_add(1, Ordering::AcqRel);
+        let alive = self
+            .0
+            .origin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        TaskGuard {
+            tracker: self.0.clone(),
+            _alive: alive,
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.0.live.load(Ordering::Acquire)
+    }
+
+    /// Waits until every task that holds a guard has finished.
+    async fn wait(&self) {
+        drop(
+            self.0
+                .origin
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        // `recv` fails once every sender (guard) is gone: that is the signal.
+        let _ = self.0.all_done.recv().await;
+    }
+}
+
+/// Runs `task` unless `signal` closes first.
+pub(crate) async fn unless<F: std::future::Future>(
+    signal: &async_channel::Receiver<()>,
+    task: F,
+) -> Option<F::Output> {
+    let task = std::pin::pin!(task);
+    let signalled = std::pin::pin!(signal.recv());
+    match future::select(task, signalled).await {
+        Either::Left((output, _)) => Some(output),
+        Either::Right(_) => None,
+    }
+}
+
+/// How long a closing connection waits for the peer to read our last frame and close its side.
+pub(crate) const LINGER: Duration = Duration::from_millis(250);
