@@ -14,7 +14,7 @@
 //! use pulsewire::{Client, ClientConfig, Event, Server, ServerConfig, ServerEvent};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! async_std::task::block_on(async {
+//! futures::executor::block_on(async {
 //!     // A server on a free port, pulsing every 50 ms.
 //!     let config = ServerConfig::builder()
 //!         .listen("127.0.0.1:0".parse()?)

@@ -88,11 +88,6 @@ pub(super) async fn run(
                 continue;
             }
         };
-        emit.send(Event::Connected {
-            session: handshake.session.clone(),
-            interval: handshake.interval,
-            max_missed: handshake.max_missed,
-        });
         tracing::info!(server = %config.server, session = %handshake.session, "online");
         let outcome = session(handshake, &config, &shared, &emit, &close).await;
         tracing::info!(server = %config.server, reason = %outcome.reason, "offline");
@@ -255,7 +250,13 @@ async fn session(
         data: data_tx,
         probes: Mutex::default(),
     });
+    // Online before the application hears of it, so that a send right after `Connected` works.
     shared.set(Phase::Online(link.clone()));
+    emit.send(Event::Connected {
+        session: link.session.clone(),
+        interval,
+        max_missed: link.misses.max_missed(),
+    });
     let healthy = AtomicBool::new(false);
     let in_flight = Mutex::new(Vec::new());
 

@@ -32,7 +32,7 @@ use hub::HubMsg;
 /// ```
 /// use pulsewire::{Server, ServerConfig};
 ///
-/// async_std::task::block_on(async {
+/// futures::executor::block_on(async {
 ///     let config = ServerConfig::builder().listen("127.0.0.1:0".parse().unwrap()).build().unwrap();
 ///     let (server, _events) = Server::bind(config).await.expect("bind");
 ///     assert!(server.online().await.is_empty());
