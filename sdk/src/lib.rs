@@ -71,11 +71,9 @@ mod server;
 
 pub use crate::core::ReconnectPolicy;
 pub use client::{
-    Client, ClientConfig, ClientConfigBuilder, CloseReason, ConfigError, ConnectError,
-    DisconnectReason, Driver, Event, Events, Failure, IoError, ProbeError, ProtocolViolation,
-    SendError, State, MAX_PAYLOAD_LIMIT,
+    Client, ClientConfig, ClientConfigBuilder, CloseReason, ConfigError, ConnectError, DisconnectReason, Driver, Event,
+    Events, Failure, IoError, ProbeError, ProtocolViolation, SendError, State, MAX_PAYLOAD_LIMIT,
 };
 pub use server::{
-    OfflineReason, PeerInfo, Server, ServerConfig, ServerConfigBuilder, ServerEvent, ServerEvents,
-    ServerSendError,
+    OfflineReason, PeerInfo, Server, ServerConfig, ServerConfigBuilder, ServerEvent, ServerEvents, ServerSendError,
 };

@@ -78,15 +78,12 @@ pub(crate) struct Timer(futures_timer::Delay);
 impl Timer {
     /// A timer firing at `deadline`.
     pub(crate) fn at(deadline: Instant) -> Timer {
-        Timer(futures_timer::Delay::new(
-            deadline.saturating_duration_since(Instant::now()),
-        ))
+        Timer(futures_timer::Delay::new(deadline.saturating_duration_since(Instant::now())))
     }
 
     /// Re-arms the timer for `deadline`.
     pub(crate) fn reset(&mut self, deadline: Instant) {
-        self.0
-            .reset(deadline.saturating_duration_since(Instant::now()));
+        self.0.reset(deadline.saturating_duration_since(Instant::now()));
     }
 }
 

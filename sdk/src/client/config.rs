@@ -49,6 +49,7 @@ impl ClientConfig {
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(1),
             send_queue: 256,
+            initial_delay_set: false,
         }
     }
 
@@ -85,18 +86,23 @@ pub struct ClientConfigBuilder {
     handshake_timeout: Duration,
     close_timeout: Duration,
     send_queue: usize,
+    /// Whether the application chose the initial delay (else it follows a lower max delay).
+    initial_delay_set: bool,
 }
 
 impl ClientConfigBuilder {
     /// The whole reconnect policy at once (default: [`ReconnectPolicy::default`]).
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = policy;
+        self.initial_delay_set = true;
         self
     }
 
-    /// The base delay before the first retry (default 250 ms).
+    /// The base delay before the first retry (default 250 ms, or the max delay if that is
+    /// lower).
     pub fn initial_delay(mut self, delay: Duration) -> Self {
         self.reconnect.initial_delay = delay;
+        self.initial_delay_set = true;
         self
     }
 
@@ -165,7 +171,10 @@ impl ClientConfigBuilder {
     }
 
     /// Validates everything and returns the configuration.
-    pub fn build(self) -> Result<ClientConfig, ConfigError> {
+    pub fn build(mut self) -> Result<ClientConfig, ConfigError> {
+        if !self.initial_delay_set {
+            self.reconnect.initial_delay = self.reconnect.initial_delay.min(self.reconnect.max_delay);
+        }
         let client_id = ClientId::new(self.client_id).map_err(ConfigError::ClientId)?;
         validate_address(&self.server)?;
         self.reconnect.validate().map_err(ConfigError::Reconnect)?;
@@ -206,9 +215,7 @@ pub(crate) fn validate_payload(bytes: usize) -> Result<(), ConfigError> {
 }
 
 fn validate_address(addr: &str) -> Result<(), ConfigError> {
-    let port = addr
-        .rsplit_once(':')
-        .map(|(host, port)| (host, port.parse::<u16>()));
+    let port = addr.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
     match port {
         Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(()),
         _ => Err(ConfigError::Address(addr.to_owned())),
@@ -244,18 +251,12 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::ClientId(error) => error.fmt(f),
-            ConfigError::Address(addr) => write!(
-                f,
-                "server address {addr:?} is not host:port with a non-zero port"
-            ),
+            ConfigError::Address(addr) => write!(f, "server address {addr:?} is not host:port with a non-zero port"),
             ConfigError::Reconnect(error) => error.fmt(f),
             ConfigError::ZeroDuration(name) => write!(f, "{name} must be above zero"),
             ConfigError::ZeroCount(name) => write!(f, "{name} must be at least 1"),
             ConfigError::MaxPayload(bytes) => {
-                write!(
-                    f,
-                    "max payload {bytes} must be between 1 and {MAX_PAYLOAD_LIMIT} bytes"
-                )
+                write!(f, "max payload {bytes} must be between 1 and {MAX_PAYLOAD_LIMIT} bytes")
             }
             ConfigError::OutOfRange { name, expected } => write!(f, "{name} must be {expected}"),
         }
@@ -278,9 +279,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let config = ClientConfig::builder("localhost:7878", "a")
-            .build()
-            .unwrap();
+        let config = ClientConfig::builder("localhost:7878", "a").build().unwrap();
         assert_eq!(config.max_payload(), DEFAULT_MAX_PAYLOAD);
         assert_eq!(config.reconnect(), &ReconnectPolicy::default());
     }
@@ -289,34 +288,16 @@ mod tests {
     fn bad_values_are_rejected_with_a_precise_error() {
         let base = || ClientConfig::builder("127.0.0.1:7878", "desk");
         let cases = [
-            (
-                base().connect_timeout(Duration::ZERO).build(),
-                "connect timeout must be above zero",
-            ),
-            (
-                base().send_queue(0).build(),
-                "send queue must be at least 1",
-            ),
+            (base().connect_timeout(Duration::ZERO).build(), "connect timeout must be above zero"),
+            (base().send_queue(0).build(), "send queue must be at least 1"),
             (base().max_payload(0).build(), "max payload 0"),
             (base().jitter(2.0).build(), "jitter 2"),
             (base().multiplier(0.5).build(), "multiplier 0.5"),
-            (
-                base().initial_delay(Duration::from_secs(60)).build(),
-                "initial delay",
-            ),
+            (base().initial_delay(Duration::from_secs(60)).build(), "initial delay"),
             (base().max_attempts(0).build(), "max attempts"),
-            (
-                ClientConfig::builder("127.0.0.1", "desk").build(),
-                "not host:port",
-            ),
-            (
-                ClientConfig::builder("127.0.0.1:0", "desk").build(),
-                "not host:port",
-            ),
-            (
-                ClientConfig::builder(":80", "desk").build(),
-                "not host:port",
-            ),
+            (ClientConfig::builder("127.0.0.1", "desk").build(), "not host:port"),
+            (ClientConfig::builder("127.0.0.1:0", "desk").build(), "not host:port"),
+            (ClientConfig::builder(":80", "desk").build(), "not host:port"),
             (ClientConfig::builder("h:1", "").build(), "client id"),
         ];
         for (result, expected) in cases {
@@ -326,10 +307,19 @@ mod tests {
     }
 
     #[test]
+    fn default_initial_delay_follows_a_lower_max_delay() {
+        let config = ClientConfig::builder("h:1", "a").max_delay(Duration::from_millis(100)).build().unwrap();
+        assert_eq!(config.reconnect().initial_delay, Duration::from_millis(100));
+        let explicit = ClientConfig::builder("h:1", "a")
+            .initial_delay(Duration::from_millis(300))
+            .max_delay(Duration::from_millis(100))
+            .build();
+        assert!(explicit.is_err(), "an explicit initial delay above the max is an error");
+    }
+
+    #[test]
     fn ipv6_and_hostnames_are_accepted() {
         assert!(ClientConfig::builder("[::1]:7878", "a").build().is_ok());
-        assert!(ClientConfig::builder("example.com:443", "a")
-            .build()
-            .is_ok());
+        assert!(ClientConfig::builder("example.com:443", "a").build().is_ok());
     }
 }

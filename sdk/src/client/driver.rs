@@ -12,10 +12,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{pin_mut, select_biased, FutureExt};
 
 use super::event::is_fatal_code;
-use super::{
-    lock, ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, Link,
-    Phase,
-};
+use super::{lock, ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, Link, Phase};
 use super::{ProtocolViolation, Shared};
 use crate::core::{BackoffSchedule, Cadence, FirstAttempt, MissCounter, Tick};
 use crate::protocol::{Decoder, ErrorCode, Frame, SessionId, PROTOCOL_VERSION};
@@ -51,25 +48,13 @@ pub(super) async fn run(
     let reason = loop {
         let now = Instant::now();
         let Some(delay) = schedule.next_attempt(now) else {
-            break CloseReason::GaveUp {
-                attempts: schedule.attempts(),
-                elapsed: schedule.elapsed(now),
-            };
+            break CloseReason::GaveUp { attempts: schedule.attempts(), elapsed: schedule.elapsed(now) };
         };
         let attempt = schedule.attempts();
         if !delay.is_zero() {
-            shared.set(Phase::BackingOff {
-                attempt,
-                next_delay: delay,
-                retry_at: now + delay,
-            });
+            shared.set(Phase::BackingOff { attempt, next_delay: delay, retry_at: now + delay });
             let elapsed = schedule.elapsed(now);
-            emit.send(Event::BackingOff {
-                attempt,
-                delay,
-                elapsed,
-                last_error: last_error.clone(),
-            });
+            emit.send(Event::BackingOff { attempt, delay, elapsed, last_error: last_error.clone() });
             if until_closed(&close, rt::sleep(delay)).await.is_none() {
                 break CloseReason::Application;
             }
@@ -91,9 +76,7 @@ pub(super) async fn run(
         tracing::info!(server = %config.server, session = %handshake.session, "online");
         let outcome = session(handshake, &config, &shared, &emit, &close).await;
         tracing::info!(server = %config.server, reason = %outcome.reason, "offline");
-        emit.send(Event::Disconnected {
-            reason: outcome.reason.clone(),
-        });
+        emit.send(Event::Disconnected { reason: outcome.reason.clone() });
         match outcome.reason {
             DisconnectReason::ClosedByApplication => break CloseReason::Application,
             DisconnectReason::ServerError { code, text } if is_fatal_code(&code) => {
@@ -114,10 +97,7 @@ pub(super) async fn run(
 }
 
 /// Runs `task` unless the client is closed first (`None`).
-async fn until_closed<F: std::future::Future>(
-    close: &async_channel::Receiver<()>,
-    task: F,
-) -> Option<F::Output> {
+async fn until_closed<F: std::future::Future>(close: &async_channel::Receiver<()>, task: F) -> Option<F::Output> {
     let task = std::pin::pin!(task);
     let closed = std::pin::pin!(close.recv());
     match future::select(task, closed).await {
@@ -144,23 +124,14 @@ async fn connect(config: &ClientConfig) -> Result<Handshake, ConnectError> {
         Ok(Ok(stream)) => stream,
     };
     let mut decoder = Decoder::new(config.max_payload);
-    let hello = Frame::Hello {
-        version: PROTOCOL_VERSION,
-        client_id: config.client_id.clone(),
-    };
+    let hello = Frame::Hello { version: PROTOCOL_VERSION, client_id: config.client_id.clone() };
     let exchange = handshake(&stream, &mut decoder, hello);
     let result = match rt::timeout(config.handshake_timeout, exchange).await {
         Err(rt::Elapsed) => Err(ConnectError::HandshakeTimeout(config.handshake_timeout)),
         Ok(result) => result,
     };
     match result {
-        Ok((session, interval, max_missed)) => Ok(Handshake {
-            stream,
-            decoder,
-            session,
-            interval,
-            max_missed,
-        }),
+        Ok((session, interval, max_missed)) => Ok(Handshake { stream, decoder, session, interval, max_missed }),
         Err(error) => {
             if let ConnectError::Protocol(violation) = &error {
                 let farewell = Frame::error(violation.code(), violation.to_string()).to_bytes();
@@ -178,26 +149,13 @@ async fn handshake(
     hello: Frame,
 ) -> Result<(SessionId, Duration, u32), ConnectError> {
     let mut socket = stream;
-    socket
-        .write_all(&hello.to_bytes())
-        .await
-        .map_err(|e| ConnectError::Io(IoError::from(&e)))?;
+    socket.write_all(&hello.to_bytes()).await.map_err(|e| ConnectError::Io(IoError::from(&e)))?;
     loop {
-        let frame = decoder
-            .next_frame()
-            .map_err(|e| ConnectError::Protocol(ProtocolViolation::Decode(e)))?;
+        let frame = decoder.next_frame().map_err(|e| ConnectError::Protocol(ProtocolViolation::Decode(e)))?;
         match frame {
-            Some(Frame::Welcome {
-                session,
-                interval,
-                max_missed,
-            }) => return Ok((session, interval, max_missed)),
+            Some(Frame::Welcome { session, interval, max_missed }) => return Ok((session, interval, max_missed)),
             Some(Frame::Error { code, text }) => return Err(ConnectError::Rejected { code, text }),
-            Some(other) => {
-                return Err(ConnectError::Protocol(ProtocolViolation::Unexpected {
-                    verb: other.verb(),
-                }))
-            }
+            Some(other) => return Err(ConnectError::Protocol(ProtocolViolation::Unexpected { verb: other.verb() })),
             None => {}
         }
         let read = socket.read(decoder.read_buf()).await;
@@ -233,13 +191,7 @@ async fn session(
     emit: &Emit,
     close: &async_channel::Receiver<()>,
 ) -> Outcome {
-    let Handshake {
-        stream,
-        decoder,
-        session,
-        interval,
-        max_missed,
-    } = handshake;
+    let Handshake { stream, decoder, session, interval, max_missed } = handshake;
     let (control_tx, control_rx) = async_channel::bounded(CONTROL_QUEUE);
     let (data_tx, data_rx) = async_channel::bounded(config.send_queue);
     let (finish_tx, finish_rx) = async_channel::bounded(1);
@@ -252,11 +204,7 @@ async fn session(
     });
     // Online before the application hears of it, so that a send right after `Connected` works.
     shared.set(Phase::Online(link.clone()));
-    emit.send(Event::Connected {
-        session: link.session.clone(),
-        interval,
-        max_missed: link.misses.max_missed(),
-    });
+    emit.send(Event::Connected { session: link.session.clone(), interval, max_missed: link.misses.max_missed() });
     let healthy = AtomicBool::new(false);
     let in_flight = Mutex::new(Vec::new());
 
@@ -279,10 +227,9 @@ async fn session(
             DisconnectReason::Protocol(violation) => {
                 Finish::Farewell(Some(Frame::error(violation.code(), violation.to_string())))
             }
-            DisconnectReason::PulseTimeout { missed } => Finish::Farewell(Some(Frame::error(
-                ErrorCode::Timeout,
-                format!("no pulse for {missed} intervals"),
-            ))),
+            DisconnectReason::PulseTimeout { missed } => {
+                Finish::Farewell(Some(Frame::error(ErrorCode::Timeout, format!("no pulse for {missed} intervals"))))
+            }
             _ => Finish::Farewell(None),
         };
         // The writer picks this up as soon as its current write is done; a writer stuck on a
@@ -303,10 +250,7 @@ async fn session(
     }
     // Probes still waiting fail with `Disconnected`.
     lock(&link.probes).waiting.clear();
-    Outcome {
-        reason,
-        healthy: healthy.load(Ordering::Relaxed),
-    }
+    Outcome { reason, healthy: healthy.load(Ordering::Relaxed) }
 }
 
 /// The responder: reads frames, answers each `PULSE` with `ALIVE` at once, resets the miss
@@ -332,10 +276,7 @@ async fn responder(
                     // The control queue lives as long as the link: sending cannot fail here.
                     let _ = link.control.send(Frame::Alive { seq }).await;
                     healthy.store(true, Ordering::Relaxed);
-                    emit.send(Event::Pulse {
-                        seq,
-                        misses_reset: forgiven,
-                    });
+                    emit.send(Event::Pulse { seq, misses_reset: forgiven });
                 }
                 Frame::Alive { seq } => {
                     if let Some((sent, answer)) = lock(&link.probes).waiting.remove(&seq) {
@@ -346,9 +287,7 @@ async fn responder(
                 Frame::Bye { reason } => return DisconnectReason::ServerGoodbye { reason },
                 Frame::Error { code, text } => return DisconnectReason::ServerError { code, text },
                 other @ (Frame::Hello { .. } | Frame::Welcome { .. }) => {
-                    return DisconnectReason::Protocol(ProtocolViolation::Unexpected {
-                        verb: other.verb(),
-                    });
+                    return DisconnectReason::Protocol(ProtocolViolation::Unexpected { verb: other.verb() });
                 }
             }
         }
@@ -373,10 +312,7 @@ async fn checker(misses: &MissCounter, interval: Duration, emit: &Emit) -> Disco
         }
         match misses.tick() {
             Tick::Healthy => {}
-            Tick::Missed { missed } => emit.send(Event::Missed {
-                count: missed,
-                max: misses.max_missed(),
-            }),
+            Tick::Missed { missed } => emit.send(Event::Missed { count: missed, max: misses.max_missed() }),
             Tick::Lost { missed } => return DisconnectReason::PulseTimeout { missed },
         }
     }

@@ -136,9 +136,9 @@ pub enum DisconnectReason {
 impl DisconnectReason {
     pub(crate) fn from_io(error: &io::Error) -> DisconnectReason {
         match error.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe => DisconnectReason::Reset,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+                DisconnectReason::Reset
+            }
             io::ErrorKind::UnexpectedEof => DisconnectReason::Eof,
             _ => DisconnectReason::Io(IoError::from(error)),
         }
@@ -152,10 +152,7 @@ impl DisconnectReason {
 }
 
 pub(crate) fn is_fatal_code(code: &ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::Replaced | ErrorCode::Version | ErrorCode::BadId
-    )
+    matches!(code, ErrorCode::Replaced | ErrorCode::Version | ErrorCode::BadId)
 }
 
 impl fmt::Display for DisconnectReason {
@@ -240,9 +237,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Io(error) => write!(f, "connect failed: {error}"),
             ConnectError::ConnectTimeout(limit) => write!(f, "connect timed out after {limit:?}"),
             ConnectError::HandshakeTimeout(limit) => write!(f, "no WELCOME within {limit:?}"),
-            ConnectError::Eof => {
-                f.write_str("the server closed the connection during the handshake")
-            }
+            ConnectError::Eof => f.write_str("the server closed the connection during the handshake"),
             ConnectError::Rejected { code, text } => {
                 write!(f, "the server refused: {code}: {text}")
             }
@@ -318,10 +313,7 @@ pub struct IoError {
 
 impl From<&io::Error> for IoError {
     fn from(error: &io::Error) -> Self {
-        IoError {
-            kind: error.kind(),
-            message: error.to_string(),
-        }
+        IoError { kind: error.kind(), message: error.to_string() }
     }
 }
 
@@ -368,11 +360,7 @@ impl fmt::Display for SendError {
             SendError::Offline(_) => f.write_str("not sent: the client is offline"),
             SendError::Full(_) => f.write_str("not sent: the send queue is full"),
             SendError::TooLarge { payload, max } => {
-                write!(
-                    f,
-                    "not sent: {} bytes exceed the limit of {max}",
-                    payload.len()
-                )
+                write!(f, "not sent: {} bytes exceed the limit of {max}", payload.len())
             }
             SendError::Closed(_) => f.write_str("not sent: the client is closed"),
         }
@@ -396,9 +384,7 @@ impl fmt::Display for ProbeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProbeError::Offline => f.write_str("probe failed: the client is offline"),
-            ProbeError::Disconnected => {
-                f.write_str("probe failed: the connection ended before the answer")
-            }
+            ProbeError::Disconnected => f.write_str("probe failed: the connection ended before the answer"),
             ProbeError::TooMany => f.write_str("probe failed: too many probes in flight"),
         }
     }

@@ -23,8 +23,8 @@ use crate::protocol::{Frame, SessionId};
 pub(crate) use config::validate_payload;
 pub use config::{ClientConfig, ClientConfigBuilder, ConfigError, MAX_PAYLOAD_LIMIT};
 pub use event::{
-    CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, ProbeError,
-    ProtocolViolation, SendError, State,
+    CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, ProbeError, ProtocolViolation, SendError,
+    State,
 };
 
 /// How many probes may wait for their answer at once.
@@ -105,28 +105,13 @@ impl Client {
     /// ```
     pub fn new(config: ClientConfig) -> (Client, Events, Driver) {
         let config = Arc::new(config);
-        let shared = Arc::new(Shared {
-            phase: Mutex::new(Phase::Offline),
-        });
+        let shared = Arc::new(Shared { phase: Mutex::new(Phase::Offline) });
         let (close_tx, close_rx) = async_channel::bounded(1);
         let (done_tx, done_rx) = async_channel::bounded(1);
         let (event_tx, event_rx) = async_channel::unbounded();
         let driver = driver::run(config.clone(), shared.clone(), event_tx, close_rx, done_tx);
-        let inner = Inner {
-            config,
-            shared,
-            close: close_tx,
-            done: done_rx,
-        };
-        (
-            Client {
-                inner: Arc::new(inner),
-            },
-            Events {
-                rx: Box::pin(event_rx),
-            },
-            Driver(Box::pin(driver)),
-        )
+        let inner = Inner { config, shared, close: close_tx, done: done_rx };
+        (Client { inner: Arc::new(inner) }, Events { rx: Box::pin(event_rx) }, Driver(Box::pin(driver)))
     }
 
     /// The client's configuration.
@@ -139,22 +124,11 @@ impl Client {
         match &*self.inner.shared.phase() {
             Phase::Offline => State::Offline,
             Phase::Connecting { attempt } => State::Connecting { attempt: *attempt },
-            Phase::Online(link) => State::Online {
-                session: link.session.clone(),
-                misses: link.misses.missed(),
-            },
-            Phase::BackingOff {
-                attempt,
-                next_delay,
-                retry_at,
-            } => State::BackingOff {
-                attempt: *attempt,
-                next_delay: *next_delay,
-                retry_at: *retry_at,
-            },
-            Phase::Closed(reason) => State::Closed {
-                reason: reason.clone(),
-            },
+            Phase::Online(link) => State::Online { session: link.session.clone(), misses: link.misses.missed() },
+            Phase::BackingOff { attempt, next_delay, retry_at } => {
+                State::BackingOff { attempt: *attempt, next_delay: *next_delay, retry_at: *retry_at }
+            }
+            Phase::Closed(reason) => State::Closed { reason: reason.clone() },
         }
     }
 
@@ -178,10 +152,7 @@ impl Client {
     /// the connection ends while waiting; the error hands the payload back.
     pub async fn send(&self, payload: impl Into<Bytes>) -> Result<(), SendError> {
         let (link, payload) = self.link_for(payload.into())?;
-        link.data
-            .send(payload)
-            .await
-            .map_err(|error| SendError::Offline(error.0))
+        link.data.send(payload).await.map_err(|error| SendError::Offline(error.0))
     }
 
     fn link_for(&self, payload: Bytes) -> Result<(Arc<Link>, Bytes), SendError> {
@@ -301,15 +272,9 @@ impl Shared {
 
 pub(crate) enum Phase {
     Offline,
-    Connecting {
-        attempt: u32,
-    },
+    Connecting { attempt: u32 },
     Online(Arc<Link>),
-    BackingOff {
-        attempt: u32,
-        next_delay: Duration,
-        retry_at: Instant,
-    },
+    BackingOff { attempt: u32, next_delay: Duration, retry_at: Instant },
     Closed(CloseReason),
 }
 

@@ -79,10 +79,9 @@ pub enum PolicyError {
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PolicyError::InitialDelay { initial, max } => write!(
-                f,
-                "reconnect initial delay {initial:?} must be above zero and at most the max delay {max:?}"
-            ),
+            PolicyError::InitialDelay { initial, max } => {
+                write!(f, "reconnect initial delay {initial:?} must be above zero and at most the max delay {max:?}")
+            }
             PolicyError::Multiplier(m) => write!(f, "reconnect multiplier {m} must be a finite number >= 1.0"),
             PolicyError::Jitter(j) => write!(f, "reconnect jitter {j} must be between 0.0 and 1.0"),
             PolicyError::ZeroAttempts => f.write_str("reconnect max attempts must be at least 1"),
@@ -96,10 +95,7 @@ impl ReconnectPolicy {
     /// Checks every field; the client config calls this when it is built.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.initial_delay.is_zero() || self.initial_delay > self.max_delay {
-            return Err(PolicyError::InitialDelay {
-                initial: self.initial_delay,
-                max: self.max_delay,
-            });
+            return Err(PolicyError::InitialDelay { initial: self.initial_delay, max: self.max_delay });
         }
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
             return Err(PolicyError::Multiplier(self.multiplier));
@@ -208,18 +204,10 @@ impl BackoffSchedule {
 
     /// The delay before the next attempt, or `None` when the policy says to give up.
     pub fn next_attempt(&mut self, now: Instant) -> Option<Duration> {
-        if self
-            .policy
-            .max_attempts
-            .is_some_and(|max| self.attempts >= max)
-        {
+        if self.policy.max_attempts.is_some_and(|max| self.attempts >= max) {
             return None;
         }
-        if self
-            .policy
-            .max_elapsed
-            .is_some_and(|max| self.elapsed(now) >= max)
-        {
+        if self.policy.max_elapsed.is_some_and(|max| self.elapsed(now) >= max) {
             return None;
         }
         self.attempts += 1;
@@ -228,11 +216,7 @@ impl BackoffSchedule {
         }
         self.exponential.clock.0.set(now);
         // With no elapsed limit set on the crate, it always yields a delay.
-        let base = self
-            .exponential
-            .next_backoff()
-            .unwrap_or(self.policy.max_delay)
-            .min(self.policy.max_delay);
+        let base = self.exponential.next_backoff().unwrap_or(self.policy.max_delay).min(self.policy.max_delay);
         let spread = base.mul_f64(self.policy.jitter * self.rng.f64());
         Some(base.saturating_sub(spread))
     }
@@ -261,33 +245,14 @@ mod tests {
         let now = Instant::now();
         let mut schedule = BackoffSchedule::new(policy(), 1);
         schedule.reset(now, FirstAttempt::Delayed);
-        let delays: Vec<_> = (0..7)
-            .map(|_| schedule.next_attempt(now).unwrap())
-            .collect();
-        assert_eq!(
-            delays,
-            vec![
-                ms(100),
-                ms(200),
-                ms(400),
-                ms(800),
-                ms(1000),
-                ms(1000),
-                ms(1000)
-            ]
-        );
+        let delays: Vec<_> = (0..7).map(|_| schedule.next_attempt(now).unwrap()).collect();
+        assert_eq!(delays, vec![ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]);
     }
 
     #[test]
     fn full_jitter_stays_within_zero_and_the_base_and_spreads() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(
-            ReconnectPolicy {
-                jitter: 1.0,
-                ..policy()
-            },
-            42,
-        );
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { jitter: 1.0, ..policy() }, 42);
         let mut seen = Vec::new();
         for _ in 0..2000 {
             schedule.reset(now, FirstAttempt::Delayed);
@@ -295,29 +260,17 @@ mod tests {
             assert!(first <= ms(100));
             seen.push(first);
             for _ in 0..20 {
-                assert!(
-                    schedule.next_attempt(now).unwrap() <= ms(1000),
-                    "never above max_delay"
-                );
+                assert!(schedule.next_attempt(now).unwrap() <= ms(1000), "never above max_delay");
             }
         }
         let low = seen.iter().filter(|d| **d < ms(50)).count();
-        assert!(
-            (800..1200).contains(&low),
-            "about half below the middle, got {low} of 2000"
-        );
+        assert!((800..1200).contains(&low), "about half below the middle, got {low} of 2000");
     }
 
     #[test]
     fn partial_jitter_keeps_the_lower_bound() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(
-            ReconnectPolicy {
-                jitter: 0.5,
-                ..policy()
-            },
-            3,
-        );
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { jitter: 0.5, ..policy() }, 3);
         schedule.reset(now, FirstAttempt::Delayed);
         for _ in 0..1000 {
             let delay = schedule.next_attempt(now).unwrap();
@@ -328,10 +281,7 @@ mod tests {
     #[test]
     fn huge_multiplier_is_capped_without_overflow() {
         let now = Instant::now();
-        let policy = ReconnectPolicy {
-            multiplier: 1e12,
-            ..policy()
-        };
+        let policy = ReconnectPolicy { multiplier: 1e12, ..policy() };
         let mut schedule = BackoffSchedule::new(policy, 1);
         schedule.reset(now, FirstAttempt::Delayed);
         for _ in 0..100 {
@@ -342,10 +292,7 @@ mod tests {
     #[test]
     fn gives_up_after_max_elapsed_on_the_virtual_clock() {
         let start = Instant::now();
-        let policy = ReconnectPolicy {
-            max_elapsed: Some(ms(500)),
-            ..policy()
-        };
+        let policy = ReconnectPolicy { max_elapsed: Some(ms(500)), ..policy() };
         let mut schedule = BackoffSchedule::new(policy, 1);
         schedule.reset(start, FirstAttempt::Immediate);
         assert_eq!(schedule.next_attempt(start), Some(Duration::ZERO));
@@ -358,13 +305,7 @@ mod tests {
     #[test]
     fn reset_starts_over() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(
-            ReconnectPolicy {
-                max_attempts: Some(2),
-                ..policy()
-            },
-            1,
-        );
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { max_attempts: Some(2), ..policy() }, 1);
         schedule.reset(now, FirstAttempt::Delayed);
         assert_eq!(schedule.next_attempt(now), Some(ms(100)));
         assert_eq!(schedule.next_attempt(now), Some(ms(200)));
@@ -378,34 +319,13 @@ mod tests {
     #[test]
     fn invalid_policies_are_rejected() {
         let bad = [
-            ReconnectPolicy {
-                initial_delay: Duration::ZERO,
-                ..policy()
-            },
-            ReconnectPolicy {
-                initial_delay: ms(2000),
-                ..policy()
-            },
-            ReconnectPolicy {
-                multiplier: 0.5,
-                ..policy()
-            },
-            ReconnectPolicy {
-                multiplier: f64::NAN,
-                ..policy()
-            },
-            ReconnectPolicy {
-                jitter: 1.5,
-                ..policy()
-            },
-            ReconnectPolicy {
-                jitter: -0.1,
-                ..policy()
-            },
-            ReconnectPolicy {
-                max_attempts: Some(0),
-                ..policy()
-            },
+            ReconnectPolicy { initial_delay: Duration::ZERO, ..policy() },
+            ReconnectPolicy { initial_delay: ms(2000), ..policy() },
+            ReconnectPolicy { multiplier: 0.5, ..policy() },
+            ReconnectPolicy { multiplier: f64::NAN, ..policy() },
+            ReconnectPolicy { jitter: 1.5, ..policy() },
+            ReconnectPolicy { jitter: -0.1, ..policy() },
+            ReconnectPolicy { max_attempts: Some(0), ..policy() },
         ];
         for policy in bad {
             assert!(policy.validate().is_err(), "{policy:?}");

@@ -31,10 +31,7 @@ impl Cadence {
     /// treated as one millisecond).
     pub fn new(start: Instant, interval: Duration) -> Cadence {
         let interval = interval.max(Duration::from_millis(1));
-        Cadence {
-            interval,
-            next: start + interval,
-        }
+        Cadence { interval, next: start + interval }
     }
 
     /// The interval between ticks.

@@ -52,10 +52,7 @@ impl MissCounter {
     /// A counter that declares the connection lost after `max_missed` missed pulses (at least 1:
     /// a limit of 0 would declare every healthy connection lost at its first tick).
     pub fn new(max_missed: u32) -> MissCounter {
-        MissCounter {
-            ticks: AtomicU32::new(0),
-            max_missed: max_missed.max(1),
-        }
+        MissCounter { ticks: AtomicU32::new(0), max_missed: max_missed.max(1) }
     }
 
     /// The limit in force.
@@ -72,9 +69,7 @@ impl MissCounter {
     pub fn tick(&self) -> Tick {
         let ticks = self
             .ticks
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_add(1))
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(t.saturating_add(1)))
             // The closure always returns Some, so fetch_update cannot fail.
             .unwrap_or_else(|t| t)
             .saturating_add(1);

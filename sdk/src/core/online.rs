@@ -99,10 +99,7 @@ pub struct OnlineList<L> {
 
 impl<L> std::fmt::Debug for OnlineList<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnlineList")
-            .field("peers", &self.peers.len())
-            .field("max_missed", &self.max_missed)
-            .finish()
+        f.debug_struct("OnlineList").field("peers", &self.peers.len()).field("max_missed", &self.max_missed).finish()
     }
 }
 
@@ -119,25 +116,12 @@ impl<L> OnlineList<L> {
     /// An empty list evicting past `max_missed` misses; session ids start with `session_prefix`
     /// (a random number per server, so that sessions of two server runs differ).
     pub fn new(max_missed: u32, session_prefix: u32) -> OnlineList<L> {
-        OnlineList {
-            peers: HashMap::new(),
-            by_id: HashMap::new(),
-            max_missed,
-            session_prefix,
-            sessions: 0,
-        }
+        OnlineList { peers: HashMap::new(), by_id: HashMap::new(), max_missed, session_prefix, sessions: 0 }
     }
 
     /// Adds a peer that completed the handshake; an online peer with the same id is removed and
     /// handed back in [`Joined::replaced`].
-    pub fn join(
-        &mut self,
-        key: ConnKey,
-        id: ClientId,
-        addr: SocketAddr,
-        link: L,
-        now: Instant,
-    ) -> Joined<L> {
+    pub fn join(&mut self, key: ConnKey, id: ClientId, addr: SocketAddr, link: L, now: Instant) -> Joined<L> {
         let replaced = self.by_id.get(&id).copied().and_then(|old| self.leave(old));
         self.sessions += 1;
         // Hex digits only: always a valid session id.
@@ -153,16 +137,7 @@ impl<L> OnlineList<L> {
             misses: 0,
         };
         self.by_id.insert(id, key);
-        self.peers.insert(
-            key,
-            Peer {
-                info,
-                link,
-                seen_since_tick: true,
-                next_seq: 1,
-                in_flight: None,
-            },
-        );
+        self.peers.insert(key, Peer { info, link, seen_since_tick: true, next_seq: 1, in_flight: None });
         Joined { session, replaced }
     }
 
@@ -196,21 +171,13 @@ impl<L> OnlineList<L> {
         if self.by_id.get(&peer.info.id) == Some(&key) {
             self.by_id.remove(&peer.info.id);
         }
-        Some(Departed {
-            key,
-            info: peer.info,
-            link: peer.link,
-        })
+        Some(Departed { key, info: peer.info, link: peer.link })
     }
 
     /// One pulse tick at `now`: applies the miss rule, then calls `pulse(link, seq)` for every
     /// peer still online. A peer for which `pulse` returns false is evicted as
     /// [`Eviction::Stalled`]. Returns the evicted peers.
-    pub fn tick(
-        &mut self,
-        now: Instant,
-        mut pulse: impl FnMut(&L, u64) -> bool,
-    ) -> Vec<(Departed<L>, Eviction)> {
+    pub fn tick(&mut self, now: Instant, mut pulse: impl FnMut(&L, u64) -> bool) -> Vec<(Departed<L>, Eviction)> {
         let mut evicted = Vec::new();
         for (&key, peer) in &mut self.peers {
             if peer.seen_since_tick {
@@ -220,12 +187,7 @@ impl<L> OnlineList<L> {
             }
             peer.seen_since_tick = false;
             if peer.info.misses > self.max_missed {
-                evicted.push((
-                    key,
-                    Eviction::Timeout {
-                        misses: peer.info.misses,
-                    },
-                ));
+                evicted.push((key, Eviction::Timeout { misses: peer.info.misses }));
                 continue;
             }
             let seq = peer.next_seq;
@@ -236,18 +198,12 @@ impl<L> OnlineList<L> {
                 evicted.push((key, Eviction::Stalled));
             }
         }
-        evicted
-            .into_iter()
-            .filter_map(|(key, why)| self.leave(key).map(|gone| (gone, why)))
-            .collect()
+        evicted.into_iter().filter_map(|(key, why)| self.leave(key).map(|gone| (gone, why))).collect()
     }
 
     /// The link of the online peer named `id`.
     pub fn link(&self, id: &ClientId) -> Option<&L> {
-        self.by_id
-            .get(id)
-            .and_then(|key| self.peers.get(key))
-            .map(|peer| &peer.link)
+        self.by_id.get(id).and_then(|key| self.peers.get(key)).map(|peer| &peer.link)
     }
 
     /// Every online peer's key and link.
@@ -300,9 +256,7 @@ mod tests {
 
     /// Ticks every interval from `t0` until the peer under key 1 is evicted; returns the time.
     fn evicted_at(list: &mut OnlineList<()>, t0: Instant, max_ticks: u32) -> Option<Instant> {
-        (1..=max_ticks)
-            .map(|n| t0 + I * n)
-            .find(|&now| !list.tick(now, |_, _| true).is_empty())
+        (1..=max_ticks).map(|n| t0 + I * n).find(|&now| !list.tick(now, |_, _| true).is_empty())
     }
 
     #[test]

@@ -47,13 +47,11 @@ impl DecodeError {
     /// ```
     pub fn code(&self) -> ErrorCode {
         match self {
-            DecodeError::LineTooLong { .. } | DecodeError::PayloadTooLarge { .. } => {
-                ErrorCode::TooLarge
-            }
+            DecodeError::LineTooLong { .. } | DecodeError::PayloadTooLarge { .. } => ErrorCode::TooLarge,
             DecodeError::BadClientId => ErrorCode::BadId,
-            DecodeError::NotAscii
-            | DecodeError::UnknownVerb(_)
-            | DecodeError::BadArgument { .. } => ErrorCode::Malformed,
+            DecodeError::NotAscii | DecodeError::UnknownVerb(_) | DecodeError::BadArgument { .. } => {
+                ErrorCode::Malformed
+            }
         }
     }
 }
@@ -70,9 +68,7 @@ impl fmt::Display for DecodeError {
             DecodeError::NotAscii => f.write_str("control line is not printable ascii"),
             DecodeError::UnknownVerb(verb) => write!(f, "unknown verb {verb:?}"),
             DecodeError::BadArgument { verb, detail } => write!(f, "bad {verb} line: {detail}"),
-            DecodeError::BadClientId => {
-                f.write_str("client id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
-            }
+            DecodeError::BadClientId => f.write_str("client id must be 1-64 characters of A-Z a-z 0-9 . _ : -"),
         }
     }
 }
@@ -118,14 +114,7 @@ const READ_CHUNK: usize = 512;
 impl Decoder {
     /// A decoder accepting `DATA` payloads of up to `max_payload` bytes.
     pub fn new(max_payload: usize) -> Decoder {
-        Decoder {
-            buf: BytesMut::new(),
-            max_payload,
-            payload_due: None,
-            scanned: 0,
-            unfilled: None,
-            failed: None,
-        }
+        Decoder { buf: BytesMut::new(), max_payload, payload_due: None, scanned: 0, unfilled: None, failed: None }
     }
 
     /// The payload limit this decoder enforces.
@@ -201,10 +190,7 @@ impl Decoder {
             return Ok(Some(Frame::Data(self.buf.split_to(len).freeze())));
         }
         let window = self.buf.len().min(MAX_LINE);
-        let Some(newline) = self.buf[self.scanned.min(window)..window]
-            .iter()
-            .position(|&b| b == b'\n')
-        else {
+        let Some(newline) = self.buf[self.scanned.min(window)..window].iter().position(|&b| b == b'\n') else {
             if self.buf.len() >= MAX_LINE {
                 return Err(DecodeError::LineTooLong { limit: MAX_LINE });
             }
@@ -246,19 +232,15 @@ fn parse_line(line: &[u8], max_payload: usize) -> Result<Parsed, DecodeError> {
     let bad = |verb: &'static str, detail: &'static str| DecodeError::BadArgument { verb, detail };
     let frame = match verb {
         "HELLO" => {
-            let [version, id] =
-                words::<2>(rest).ok_or(bad("HELLO", "expected HELLO <version> <client-id>"))?;
+            let [version, id] = words::<2>(rest).ok_or(bad("HELLO", "expected HELLO <version> <client-id>"))?;
             let version = number(version).ok_or(bad("HELLO", "version is not a number"))?;
-            let version =
-                u32::try_from(version).map_err(|_| bad("HELLO", "version out of range"))?;
+            let version = u32::try_from(version).map_err(|_| bad("HELLO", "version out of range"))?;
             let client_id = ClientId::new(id).map_err(|_| DecodeError::BadClientId)?;
             Frame::Hello { version, client_id }
         }
         "WELCOME" => {
-            let [session, interval, max_missed] = words::<3>(rest).ok_or(bad(
-                "WELCOME",
-                "expected WELCOME <session-id> <interval-ms> <max-missed>",
-            ))?;
+            let [session, interval, max_missed] =
+                words::<3>(rest).ok_or(bad("WELCOME", "expected WELCOME <session-id> <interval-ms> <max-missed>"))?;
             let session = SessionId::new(session).ok_or(bad("WELCOME", "invalid session id"))?;
             let interval = number(interval)
                 .filter(|&ms| ms > 0)
@@ -266,42 +248,27 @@ fn parse_line(line: &[u8], max_payload: usize) -> Result<Parsed, DecodeError> {
             let max_missed = number(max_missed)
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or(bad("WELCOME", "max-missed is not a number"))?;
-            Frame::Welcome {
-                session,
-                interval: Duration::from_millis(interval),
-                max_missed,
-            }
+            Frame::Welcome { session, interval: Duration::from_millis(interval), max_missed }
         }
         "PULSE" => {
             let [seq] = words::<1>(rest).ok_or(bad("PULSE", "expected PULSE <seq>"))?;
-            Frame::Pulse {
-                seq: number(seq).ok_or(bad("PULSE", "seq is not a number"))?,
-            }
+            Frame::Pulse { seq: number(seq).ok_or(bad("PULSE", "seq is not a number"))? }
         }
         "ALIVE" => {
             let [seq] = words::<1>(rest).ok_or(bad("ALIVE", "expected ALIVE <seq>"))?;
-            Frame::Alive {
-                seq: number(seq).ok_or(bad("ALIVE", "seq is not a number"))?,
-            }
+            Frame::Alive { seq: number(seq).ok_or(bad("ALIVE", "seq is not a number"))? }
         }
         "DATA" => {
             let [len] = words::<1>(rest).ok_or(bad("DATA", "expected DATA <len>"))?;
             let len = number(len).ok_or(bad("DATA", "length is not a number"))?;
             return match usize::try_from(len) {
                 Ok(len) if len <= max_payload => Ok(Parsed::DataHeader(len)),
-                _ => Err(DecodeError::PayloadTooLarge {
-                    len,
-                    max: max_payload,
-                }),
+                _ => Err(DecodeError::PayloadTooLarge { len, max: max_payload }),
             };
         }
         "BYE" => match rest {
-            None => Frame::Bye {
-                reason: String::new(),
-            },
-            Some(word) if is_token(word) => Frame::Bye {
-                reason: word.to_owned(),
-            },
+            None => Frame::Bye { reason: String::new() },
+            Some(word) if is_token(word) => Frame::Bye { reason: word.to_owned() },
             Some(_) => return Err(bad("BYE", "expected BYE <reason-word>")),
         },
         "ERROR" => {
@@ -309,12 +276,8 @@ fn parse_line(line: &[u8], max_payload: usize) -> Result<Parsed, DecodeError> {
                 None => return Err(bad("ERROR", "expected ERROR <code> <text>")),
                 Some(rest) => rest.split_once(' ').unwrap_or((rest, "")),
             };
-            let code =
-                ErrorCode::parse(code).ok_or(bad("ERROR", "code must be a lowercase word"))?;
-            Frame::Error {
-                code,
-                text: text.to_owned(),
-            }
+            let code = ErrorCode::parse(code).ok_or(bad("ERROR", "code must be a lowercase word"))?;
+            Frame::Error { code, text: text.to_owned() }
         }
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -336,8 +299,7 @@ fn words<const N: usize>(rest: Option<&str>) -> Option<[&str; N]> {
 
 /// A plain decimal u64: digits only, no sign, no leading zeros beyond a lone `0`.
 fn number(word: &str) -> Option<u64> {
-    let canonical =
-        word.bytes().all(|b| b.is_ascii_digit()) && (word == "0" || !word.starts_with('0'));
+    let canonical = word.bytes().all(|b| b.is_ascii_digit()) && (word == "0" || !word.starts_with('0'));
     canonical.then(|| word.parse().ok()).flatten()
 }
 
@@ -364,10 +326,7 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                Frame::Hello {
-                    version: 1,
-                    client_id: ClientId::new("desk-42").unwrap()
-                },
+                Frame::Hello { version: 1, client_id: ClientId::new("desk-42").unwrap() },
                 Frame::Welcome {
                     session: SessionId::new("7f3a9c").unwrap(),
                     interval: Duration::from_millis(1000),
@@ -376,30 +335,17 @@ mod tests {
                 Frame::Pulse { seq: 1 },
                 Frame::Alive { seq: u64::MAX },
                 Frame::Data("hi".into()),
-                Frame::Bye {
-                    reason: "quit".into()
-                },
-                Frame::Error {
-                    code: ErrorCode::Timeout,
-                    text: "no pulse for 4 s".into()
-                },
-                Frame::Bye {
-                    reason: String::new()
-                },
-                Frame::Error {
-                    code: ErrorCode::Full,
-                    text: String::new()
-                },
+                Frame::Bye { reason: "quit".into() },
+                Frame::Error { code: ErrorCode::Timeout, text: "no pulse for 4 s".into() },
+                Frame::Bye { reason: String::new() },
+                Frame::Error { code: ErrorCode::Full, text: String::new() },
             ]
         );
     }
 
     #[test]
     fn carriage_return_before_newline_is_dropped() {
-        assert_eq!(
-            decode_all(b"PULSE 4\r\n").unwrap(),
-            vec![Frame::Pulse { seq: 4 }]
-        );
+        assert_eq!(decode_all(b"PULSE 4\r\n").unwrap(), vec![Frame::Pulse { seq: 4 }]);
     }
 
     #[test]
@@ -421,10 +367,7 @@ mod tests {
         assert_eq!(line.len(), MAX_LINE);
         assert!(decode_all(line.as_bytes()).is_ok());
         let line = format!("ERROR malformed {text}y\n");
-        assert_eq!(
-            decode_all(line.as_bytes()),
-            Err(DecodeError::LineTooLong { limit: MAX_LINE })
-        );
+        assert_eq!(decode_all(line.as_bytes()), Err(DecodeError::LineTooLong { limit: MAX_LINE }));
     }
 
     #[test]
@@ -433,25 +376,13 @@ mod tests {
         decoder.extend(&[b'a'; MAX_LINE - 1]);
         assert_eq!(decoder.next_frame(), Ok(None));
         decoder.extend(b"a");
-        assert_eq!(
-            decoder.next_frame(),
-            Err(DecodeError::LineTooLong { limit: MAX_LINE })
-        );
+        assert_eq!(decoder.next_frame(), Err(DecodeError::LineTooLong { limit: MAX_LINE }));
     }
 
     #[test]
     fn oversized_payload_fails_before_its_bytes_arrive() {
-        assert_eq!(
-            decode_all(b"DATA 4294967295\n"),
-            Err(DecodeError::PayloadTooLarge {
-                len: 4_294_967_295,
-                max: 16
-            })
-        );
-        assert_eq!(
-            decode_all(b"DATA 17\n"),
-            Err(DecodeError::PayloadTooLarge { len: 17, max: 16 })
-        );
+        assert_eq!(decode_all(b"DATA 4294967295\n"), Err(DecodeError::PayloadTooLarge { len: 4_294_967_295, max: 16 }));
+        assert_eq!(decode_all(b"DATA 17\n"), Err(DecodeError::PayloadTooLarge { len: 17, max: 16 }));
         assert!(decode_all(b"DATA 16\n0123456789abcdef").is_ok());
     }
 
@@ -491,12 +422,7 @@ mod tests {
         ];
         for (input, code) in cases {
             let error = decode_all(input).expect_err(&String::from_utf8_lossy(input));
-            assert_eq!(
-                &error.code(),
-                code,
-                "{:?} gave {error}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(&error.code(), code, "{:?} gave {error}", String::from_utf8_lossy(input));
         }
     }
 
@@ -520,10 +446,7 @@ mod tests {
     fn unknown_error_codes_are_kept() {
         assert_eq!(
             decode_all(b"ERROR rate-limited slow down\n").unwrap(),
-            vec![Frame::Error {
-                code: ErrorCode::Other("rate-limited".into()),
-                text: "slow down".into()
-            }]
+            vec![Frame::Error { code: ErrorCode::Other("rate-limited".into()), text: "slow down".into() }]
         );
     }
 
@@ -540,10 +463,7 @@ mod tests {
             decoder.filled(n);
             sent += n;
         }
-        assert_eq!(
-            decoder.next_frame(),
-            Ok(Some(Frame::Data(vec![b'z'; 3000].into())))
-        );
+        assert_eq!(decoder.next_frame(), Ok(Some(Frame::Data(vec![b'z'; 3000].into()))));
     }
 
     #[test]

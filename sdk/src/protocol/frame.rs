@@ -85,12 +85,7 @@ impl Frame {
     /// ```
     pub fn error(code: ErrorCode, text: impl AsRef<str>) -> Frame {
         let budget = MAX_LINE - "ERROR  \n".len() - code.as_str().len();
-        let text = text
-            .as_ref()
-            .chars()
-            .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-            .take(budget)
-            .collect();
+        let text = text.as_ref().chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).take(budget).collect();
         Frame::Error { code, text }
     }
 
@@ -101,12 +96,8 @@ impl Frame {
     /// assert_eq!(Frame::bye("quit"), Frame::Bye { reason: "quit".into() });
     /// ```
     pub fn bye(reason: impl AsRef<str>) -> Frame {
-        let reason = reason
-            .as_ref()
-            .chars()
-            .map(|c| if ('!'..='~').contains(&c) { c } else { '_' })
-            .take(MAX_TOKEN)
-            .collect();
+        let reason =
+            reason.as_ref().chars().map(|c| if ('!'..='~').contains(&c) { c } else { '_' }).take(MAX_TOKEN).collect();
         Frame::Bye { reason }
     }
 
@@ -130,16 +121,8 @@ impl Frame {
         // Writing into a BytesMut never fails, so the fmt::Result is always Ok.
         let _ = match self {
             Frame::Hello { version, client_id } => writeln!(line, "HELLO {version} {client_id}"),
-            Frame::Welcome {
-                session,
-                interval,
-                max_missed,
-            } => {
-                writeln!(
-                    line,
-                    "WELCOME {session} {} {max_missed}",
-                    interval.as_millis()
-                )
+            Frame::Welcome { session, interval, max_missed } => {
+                writeln!(line, "WELCOME {session} {} {max_missed}", interval.as_millis())
             }
             Frame::Pulse { seq } => writeln!(line, "PULSE {seq}"),
             Frame::Alive { seq } => writeln!(line, "ALIVE {seq}"),
@@ -282,9 +265,7 @@ impl ClientId {
         let id = id.into();
         let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
         if id.is_empty() || id.len() > MAX_TOKEN || !id.chars().all(valid_char) {
-            return Err(InvalidClientId {
-                len: id.chars().count(),
-            });
+            return Err(InvalidClientId { len: id.chars().count() });
         }
         Ok(ClientId(id))
     }

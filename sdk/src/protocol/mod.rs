@@ -7,6 +7,5 @@ mod frame;
 
 pub use decode::{DecodeError, Decoder};
 pub use frame::{
-    ClientId, ErrorCode, Frame, InvalidClientId, SessionId, DEFAULT_MAX_PAYLOAD, MAX_LINE,
-    MAX_TOKEN, PROTOCOL_VERSION,
+    ClientId, ErrorCode, Frame, InvalidClientId, SessionId, DEFAULT_MAX_PAYLOAD, MAX_LINE, MAX_TOKEN, PROTOCOL_VERSION,
 };

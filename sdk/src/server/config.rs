@@ -147,10 +147,7 @@ impl ServerConfigBuilder {
             return Err(ConfigError::ZeroCount("max missed"));
         }
         if config.outbound_queue < 2 {
-            return Err(ConfigError::OutOfRange {
-                name: "outbound queue",
-                expected: "at least 2 frames",
-            });
+            return Err(ConfigError::OutOfRange { name: "outbound queue", expected: "at least 2 frames" });
         }
         for (name, value) in [
             ("handshake timeout", config.handshake_timeout),
@@ -173,40 +170,13 @@ mod tests {
     #[test]
     fn bad_values_are_rejected_with_a_precise_error() {
         let cases = [
-            (
-                ServerConfig::builder().interval(Duration::ZERO).build(),
-                "interval must be",
-            ),
-            (
-                ServerConfig::builder()
-                    .interval(Duration::from_micros(1500))
-                    .build(),
-                "interval must be",
-            ),
-            (
-                ServerConfig::builder()
-                    .interval(Duration::from_secs(7200))
-                    .build(),
-                "interval must be",
-            ),
-            (
-                ServerConfig::builder().max_missed(0).build(),
-                "max missed must be at least 1",
-            ),
-            (
-                ServerConfig::builder().outbound_queue(1).build(),
-                "outbound queue",
-            ),
-            (
-                ServerConfig::builder()
-                    .handshake_timeout(Duration::ZERO)
-                    .build(),
-                "handshake timeout",
-            ),
-            (
-                ServerConfig::builder().max_payload(0).build(),
-                "max payload",
-            ),
+            (ServerConfig::builder().interval(Duration::ZERO).build(), "interval must be"),
+            (ServerConfig::builder().interval(Duration::from_micros(1500)).build(), "interval must be"),
+            (ServerConfig::builder().interval(Duration::from_secs(7200)).build(), "interval must be"),
+            (ServerConfig::builder().max_missed(0).build(), "max missed must be at least 1"),
+            (ServerConfig::builder().outbound_queue(1).build(), "outbound queue"),
+            (ServerConfig::builder().handshake_timeout(Duration::ZERO).build(), "handshake timeout"),
+            (ServerConfig::builder().max_payload(0).build(), "max payload"),
         ];
         for (result, expected) in cases {
             let message = result.unwrap_err().to_string();

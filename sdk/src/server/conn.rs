@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures::channel::oneshot;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::{select_biased, FutureExt};
 
-use super::hub::{HubMsg, Link};
+use super::hub::HubMsg;
 use super::{unless, OfflineReason, ServerConfig, Tracker, LINGER};
 use crate::client::ProtocolViolation;
 use crate::protocol::{DecodeError, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
@@ -47,10 +49,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
                 let guard = ctx.tracker.guard();
                 let ctx = ctx.clone();
                 rt::spawn(async move {
-                    if unless(&ctx.halt, serve(&stream, addr, key, &ctx))
-                        .await
-                        .is_none()
-                    {
+                    if unless(&ctx.halt, serve(&stream, addr, key, &ctx)).await.is_none() {
                         rt::shutdown(&stream);
                     }
                     drop(guard);
@@ -71,25 +70,11 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
 async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, ctx: &Context) {
     let config = &ctx.config;
     let mut decoder = Decoder::new(config.max_payload);
-    let first = unless(
-        &ctx.stop,
-        rt::timeout(config.handshake_timeout, first_frame(stream, &mut decoder)),
-    )
-    .await;
+    let first = unless(&ctx.stop, rt::timeout(config.handshake_timeout, first_frame(stream, &mut decoder))).await;
     let hello = match first {
-        None => {
-            return reject(
-                stream,
-                addr,
-                Frame::error(ErrorCode::Shutdown, "the server is shutting down"),
-            )
-            .await
-        }
+        None => return reject(stream, addr, Frame::error(ErrorCode::Shutdown, "the server is shutting down")).await,
         Some(Err(rt::Elapsed)) => {
-            let text = format!(
-                "no HELLO within {} ms",
-                config.handshake_timeout.as_millis()
-            );
+            let text = format!("no HELLO within {} ms", config.handshake_timeout.as_millis());
             return reject(stream, addr, Frame::error(ErrorCode::Timeout, text)).await;
         }
         Some(Ok(Err(Closed::Decode(error)))) => {
@@ -114,10 +99,12 @@ async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, ctx: &Context) {
     };
 
     let (link, queue) = async_channel::bounded(config.outbound_queue);
+    let (answers, answer_queue) = async_channel::bounded(config.outbound_queue);
     let (reading, reader_done) = async_channel::bounded::<()>(1);
     let writer = Writer {
         stream: stream.clone(),
         queue,
+        answers: answer_queue,
         key,
         hub: ctx.hub.clone(),
         write_timeout: config.write_timeout,
@@ -131,31 +118,17 @@ async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, ctx: &Context) {
         rt::shutdown(&stream);
         drop(guard);
     });
-    if ctx
-        .hub
-        .send(HubMsg::Join {
-            key,
-            id: client_id,
-            addr,
-            link: link.clone(),
-        })
-        .await
-        .is_err()
-    {
-        return; // The server is stopping; dropping the queue ends the writer.
+    let (welcomed, joined) = oneshot::channel();
+    let join = HubMsg::Join { key, id: client_id, addr, link: link.clone(), welcomed };
+    if ctx.hub.send(join).await.is_err() || joined.await.is_err() {
+        return; // The server is stopping; dropping the queues ends the writer.
     }
-    if let Some(end) = read_loop(stream, decoder, key, &link, &ctx.hub).await {
+    if let Some(end) = read_loop(stream, decoder, key, &answers, &ctx.hub).await {
         if let OfflineReason::Protocol(violation) = &end.reason {
             tracing::warn!(%addr, %violation, "protocol error");
             let _ = link.try_send(Frame::error(violation.code(), violation.to_string()));
         }
-        let _ = ctx
-            .hub
-            .send(HubMsg::Leave {
-                key,
-                reason: end.reason,
-            })
-            .await;
+        let _ = ctx.hub.send(HubMsg::Leave { key, reason: end.reason }).await;
         if end.peer_may_still_send {
             drain(stream).await;
         }
@@ -175,37 +148,30 @@ async fn read_loop(
     stream: &TcpStream,
     mut decoder: Decoder,
     key: u64,
-    link: &Link,
+    answers: &async_channel::Sender<Frame>,
     hub: &async_channel::Sender<HubMsg>,
 ) -> Option<ReadEnd> {
     let mut socket = stream;
-    let ended = |reason| {
-        Some(ReadEnd {
-            reason,
-            peer_may_still_send: true,
-        })
-    };
+    let ended = |reason| Some(ReadEnd { reason, peer_may_still_send: true });
     loop {
         loop {
             let frame = match decoder.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(error) => {
-                    return ended(OfflineReason::Protocol(ProtocolViolation::Decode(error)))
-                }
+                Err(error) => return ended(OfflineReason::Protocol(ProtocolViolation::Decode(error))),
             };
             let msg = match frame {
                 Frame::Pulse { seq } => {
-                    // A full queue means the peer does not read; the next pulse tick drops it.
-                    let _ = link.try_send(Frame::Alive { seq });
+                    // Answers have a queue of their own: a flood of probes slows down only the
+                    // peer that sends it, and never crowds out the server's pulses. The queue
+                    // fails once the writer is gone.
+                    answers.send(Frame::Alive { seq }).await.ok()?;
                     HubMsg::Seen { key }
                 }
                 Frame::Alive { seq } => HubMsg::Alive { key, seq },
                 Frame::Data(payload) => HubMsg::Data { key, payload },
                 Frame::Bye { reason } => return ended(OfflineReason::Goodbye { reason }),
-                Frame::Error { code, text } => {
-                    return ended(OfflineReason::PeerError { code, text })
-                }
+                Frame::Error { code, text } => return ended(OfflineReason::PeerError { code, text }),
                 other @ (Frame::Hello { .. } | Frame::Welcome { .. }) => {
                     let violation = ProtocolViolation::Unexpected { verb: other.verb() };
                     return ended(OfflineReason::Protocol(violation));
@@ -215,19 +181,9 @@ async fn read_loop(
         }
         let read = socket.read(decoder.read_buf()).await;
         match read {
-            Ok(0) => {
-                return Some(ReadEnd {
-                    reason: OfflineReason::Eof,
-                    peer_may_still_send: false,
-                })
-            }
+            Ok(0) => return Some(ReadEnd { reason: OfflineReason::Eof, peer_may_still_send: false }),
             Ok(n) => decoder.filled(n),
-            Err(error) => {
-                return Some(ReadEnd {
-                    reason: OfflineReason::from_io(&error),
-                    peer_may_still_send: false,
-                })
-            }
+            Err(error) => return Some(ReadEnd { reason: OfflineReason::from_io(&error), peer_may_still_send: false }),
         }
     }
 }
@@ -254,10 +210,7 @@ async fn first_frame(stream: &TcpStream, decoder: &mut Decoder) -> Result<Frame,
 async fn reject(stream: &TcpStream, addr: SocketAddr, error: Frame) {
     tracing::warn!(%addr, %error, "connection refused");
     let mut socket = stream;
-    if rt::timeout(LINGER, socket.write_all(&error.to_bytes()))
-        .await
-        .is_ok()
-    {
+    if rt::timeout(LINGER, socket.write_all(&error.to_bytes())).await.is_ok() {
         rt::shutdown_write(stream);
         drain(stream).await;
     }
@@ -279,10 +232,14 @@ async fn drain(stream: &TcpStream) {
     }
 }
 
-/// A peer's writer: drains its outbound queue into the socket, whatever is ready in one write.
+/// A peer's writer: drains its two queues into the socket, whatever is ready in one write.
 struct Writer {
     stream: TcpStream,
+    /// What the hub sends: `WELCOME`, pulses, messages, the final `ERROR` or `BYE`. Closed by
+    /// the hub when the peer leaves the online list.
     queue: async_channel::Receiver<Frame>,
+    /// `ALIVE` answers to the peer's own pulses, from the reader.
+    answers: async_channel::Receiver<Frame>,
     key: u64,
     hub: async_channel::Sender<HubMsg>,
     write_timeout: Duration,
@@ -294,16 +251,27 @@ impl Writer {
     async fn run(self) {
         let mut socket = &self.stream;
         let mut buf = BytesMut::new();
+        let mut answering = true;
         let failure = loop {
-            // Fails once the hub closed the queue and it is drained: the peer is gone.
-            let Ok(frame) = self.queue.recv().await else {
-                break None;
+            // The hub's queue fails once it is closed and drained: the peer is gone.
+            let frame = if answering {
+                select_biased! {
+                    frame = self.queue.recv().fuse() => frame,
+                    answer = self.answers.recv().fuse() => match answer {
+                        Ok(answer) => Ok(answer),
+                        Err(_) => {
+                            answering = false;
+                            continue;
+                        }
+                    },
+                }
+            } else {
+                self.queue.recv().await
             };
+            let Ok(frame) = frame else { break None };
             frame.encode(&mut buf);
             while buf.len() < BATCH_BYTES {
-                let Ok(frame) = self.queue.try_recv() else {
-                    break;
-                };
+                let Ok(frame) = self.queue.try_recv().or_else(|_| self.answers.try_recv()) else { break };
                 frame.encode(&mut buf);
             }
             match rt::timeout(self.write_timeout, socket.write_all(&buf)).await {
@@ -314,13 +282,7 @@ impl Writer {
         };
         if let Some(reason) = failure {
             self.queue.close();
-            let _ = self
-                .hub
-                .send(HubMsg::Leave {
-                    key: self.key,
-                    reason,
-                })
-                .await;
+            let _ = self.hub.send(HubMsg::Leave { key: self.key, reason }).await;
             rt::shutdown(&self.stream);
             return;
         }

@@ -23,11 +23,13 @@ pub(super) type Link = async_channel::Sender<Frame>;
 const BATCH: usize = 256;
 
 pub(super) enum HubMsg {
+    /// A peer completed its handshake; `welcomed` fires once its `WELCOME` is queued.
     Join {
         key: ConnKey,
         id: ClientId,
         addr: SocketAddr,
         link: Link,
+        welcomed: oneshot::Sender<()>,
     },
     Seen {
         key: ConnKey,
@@ -72,11 +74,7 @@ pub(super) async fn run(
 ) {
     let mut cadence = Cadence::new(Instant::now(), config.interval);
     let mut timer = rt::Timer::at(cadence.next_deadline());
-    let mut hub = Hub {
-        list: OnlineList::new(config.max_missed, fastrand::u32(..)),
-        config,
-        events,
-    };
+    let mut hub = Hub { list: OnlineList::new(config.max_missed, fastrand::u32(..)), config, events };
     let stopped = stop.recv().fuse();
     pin_mut!(stopped);
     loop {
@@ -111,10 +109,7 @@ impl Hub {
     fn tick(&mut self, now: Instant) {
         let evicted = self.list.tick(now, |link, seq| {
             // A closed queue means the connection is ending and its `Leave` is on the way.
-            !matches!(
-                link.try_send(Frame::Pulse { seq }),
-                Err(TrySendError::Full(_))
-            )
+            !matches!(link.try_send(Frame::Pulse { seq }), Err(TrySendError::Full(_)))
         });
         for (gone, why) in evicted {
             let reason = match why {
@@ -132,25 +127,20 @@ impl Hub {
     fn handle(&mut self, msg: HubMsg) {
         let now = Instant::now();
         match msg {
-            HubMsg::Join {
-                key,
-                id,
-                addr,
-                link,
-            } => {
+            HubMsg::Join { key, id, addr, link, welcomed } => {
                 let joined = self.list.join(key, id, addr, link.clone(), now);
                 let welcome = Frame::Welcome {
                     session: joined.session,
                     interval: self.config.interval,
                     max_missed: self.config.max_missed,
                 };
-                // The queue is new and empty: `WELCOME` is always its first frame.
+                // The queue is new and empty: `WELCOME` is always its first frame, and the
+                // reader answers nothing before it is queued.
                 let _ = link.try_send(welcome);
+                let _ = welcomed.send(());
                 if let Some(old) = joined.replaced {
-                    let _ = old.link.try_send(Frame::error(
-                        ErrorCode::Replaced,
-                        "a new connection took this client id",
-                    ));
+                    let _ =
+                        old.link.try_send(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
                     self.depart(old, OfflineReason::Replaced);
                 }
                 if let Some(peer) = self.list.peer(key) {
@@ -167,10 +157,7 @@ impl Hub {
             HubMsg::Data { key, payload } => {
                 if self.list.seen(key, now) {
                     if let Some(peer) = self.list.peer(key) {
-                        self.emit(ServerEvent::Message {
-                            peer: peer.id.clone(),
-                            payload,
-                        });
+                        self.emit(ServerEvent::Message { peer: peer.id.clone(), payload });
                     }
                 }
             }
@@ -182,28 +169,19 @@ impl Hub {
             HubMsg::Online { reply } => {
                 let _ = reply.send(self.list.snapshot());
             }
-            HubMsg::SendTo {
-                peer,
-                payload,
-                reply,
-            } => {
+            HubMsg::SendTo { peer, payload, reply } => {
                 let result = match self.list.link(&peer) {
                     None => Err(ServerSendError::NotOnline(payload)),
-                    Some(link) => link
-                        .try_send(Frame::Data(payload))
-                        .map_err(|error| match error.into_inner() {
-                            Frame::Data(payload) => ServerSendError::Full(payload),
-                            _ => ServerSendError::Stopped,
-                        }),
+                    Some(link) => link.try_send(Frame::Data(payload)).map_err(|error| match error.into_inner() {
+                        Frame::Data(payload) => ServerSendError::Full(payload),
+                        _ => ServerSendError::Stopped,
+                    }),
                 };
                 let _ = reply.send(result);
             }
             HubMsg::Broadcast { payload, reply } => {
-                let queued = self
-                    .list
-                    .links()
-                    .filter(|(_, link)| link.try_send(Frame::Data(payload.clone())).is_ok())
-                    .count();
+                let queued =
+                    self.list.links().filter(|(_, link)| link.try_send(Frame::Data(payload.clone())).is_ok()).count();
                 let _ = reply.send(queued);
             }
         }
@@ -215,9 +193,7 @@ impl Hub {
         gone.link.close();
         let peer = gone.info;
         match &reason {
-            OfflineReason::Timeout { .. }
-            | OfflineReason::Stalled
-            | OfflineReason::WriteTimeout => {
+            OfflineReason::Timeout { .. } | OfflineReason::Stalled | OfflineReason::WriteTimeout => {
                 tracing::warn!(peer = %peer.id, addr = %peer.addr, %reason, "peer evicted");
             }
             _ => tracing::info!(peer = %peer.id, addr = %peer.addr, %reason, "peer offline"),

@@ -64,9 +64,7 @@ impl Drop for Inner {
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server")
-            .field("local_addr", &self.inner.local_addr)
-            .finish()
+        f.debug_struct("Server").field("local_addr", &self.inner.local_addr).finish()
     }
 }
 
@@ -102,22 +100,8 @@ impl Server {
             drop(accept_guard);
         });
         tracing::info!(%local_addr, interval = ?config.interval, max_missed = config.max_missed, "listening");
-        let inner = Inner {
-            local_addr,
-            config,
-            hub: hub_tx,
-            stop: stop_tx,
-            halt: halt_tx,
-            tracker,
-        };
-        Ok((
-            Server {
-                inner: Arc::new(inner),
-            },
-            ServerEvents {
-                rx: Box::pin(event_rx),
-            },
-        ))
+        let inner = Inner { local_addr, config, hub: hub_tx, stop: stop_tx, halt: halt_tx, tracker };
+        Ok((Server { inner: Arc::new(inner) }, ServerEvents { rx: Box::pin(event_rx) }))
     }
 
     /// The address the server listens on (with the real port when it was bound to port 0).
@@ -140,18 +124,10 @@ impl Server {
     }
 
     /// Queues a message for the online peer `peer`.
-    pub async fn send(
-        &self,
-        peer: &ClientId,
-        payload: impl Into<Bytes>,
-    ) -> Result<(), ServerSendError> {
+    pub async fn send(&self, peer: &ClientId, payload: impl Into<Bytes>) -> Result<(), ServerSendError> {
         let payload = payload.into();
         let (reply, answer) = oneshot::channel();
-        let msg = HubMsg::SendTo {
-            peer: peer.clone(),
-            payload,
-            reply,
-        };
+        let msg = HubMsg::SendTo { peer: peer.clone(), payload, reply };
         if self.inner.hub.send(msg).await.is_err() {
             return Err(ServerSendError::Stopped);
         }
@@ -162,16 +138,7 @@ impl Server {
     /// (peers whose queue is full are skipped).
     pub async fn broadcast(&self, payload: impl Into<Bytes>) -> usize {
         let (reply, answer) = oneshot::channel();
-        if self
-            .inner
-            .hub
-            .send(HubMsg::Broadcast {
-                payload: payload.into(),
-                reply,
-            })
-            .await
-            .is_err()
-        {
+        if self.inner.hub.send(HubMsg::Broadcast { payload: payload.into(), reply }).await.is_err() {
             return 0;
         }
         answer.await.unwrap_or(0)
@@ -190,10 +157,7 @@ impl Server {
         self.inner.stop.close();
         let grace = self.inner.config.shutdown_grace;
         if rt::timeout(grace, self.inner.tracker.wait()).await.is_err() {
-            tracing::warn!(
-                live = self.inner.tracker.live(),
-                "shutdown grace over: cutting the remaining connections"
-            );
+            tracing::warn!(live = self.inner.tracker.live(), "shutdown grace over: cutting the remaining connections");
             self.inner.halt.close();
             self.inner.tracker.wait().await;
         }
@@ -364,25 +328,13 @@ impl Drop for TaskGuard {
 impl Tracker {
     fn new() -> Tracker {
         let (origin, all_done) = async_channel::bounded(1);
-        Tracker(Arc::new(TrackerInner {
-            live: AtomicUsize::new(0),
-            origin: Mutex::new(Some(origin)),
-            all_done,
-        }))
+        Tracker(Arc::new(TrackerInner { live: AtomicUsize::new(0), origin: Mutex::new(Some(origin)), all_done }))
     }
 
     pub(crate) fn guard(&self) -> TaskGuard {
         self.0.live.fetch_add(1, Ordering::AcqRel);
-        let alive = self
-            .0
-            .origin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        TaskGuard {
-            tracker: self.0.clone(),
-            _alive: alive,
-        }
+        let alive = self.0.origin.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        TaskGuard { tracker: self.0.clone(), _alive: alive }
     }
 
     fn live(&self) -> usize {
@@ -391,23 +343,14 @@ impl Tracker {
 
     /// Waits until every task that holds a guard has finished.
     async fn wait(&self) {
-        drop(
-            self.0
-                .origin
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        drop(self.0.origin.lock().unwrap_or_else(PoisonError::into_inner).take());
         // `recv` fails once every sender (guard) is gone: that is the signal.
         let _ = self.0.all_done.recv().await;
     }
 }
 
 /// Runs `task` unless `signal` closes first.
-pub(crate) async fn unless<F: std::future::Future>(
-    signal: &async_channel::Receiver<()>,
-    task: F,
-) -> Option<F::Output> {
+pub(crate) async fn unless<F: std::future::Future>(signal: &async_channel::Receiver<()>, task: F) -> Option<F::Output> {
     let task = std::pin::pin!(task);
     let signalled = std::pin::pin!(signal.recv());
     match future::select(task, signalled).await {

@@ -1,0 +1,49 @@
+//! `demo-server`: a pulsewire server you can run. It pulses every peer, evicts the silent ones,
+//! prints each event and the online list on stdout, echoes messages and broadcasts the lines
+//! typed on stdin. Run `demo-server --help` for the flags.
+//!
+//! Exit codes: 0 after a graceful shutdown (Ctrl-C, SIGTERM), 1 when the server cannot run
+//! (address in use, stdout closed), 2 for a bad command line or configuration.
+
+mod cli;
+mod output;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match cli.server_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = serve::Options { format: cli.format(), echo: cli.echo() };
+    match serve::run(config, options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal;
+/// stdout carries only events.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

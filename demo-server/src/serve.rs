@@ -1,0 +1,167 @@
+//! The running server: binds, then prints every event, echoes messages, broadcasts the lines
+//! typed on stdin, and shuts down gracefully on Ctrl-C or SIGTERM.
+//!
+//! Everything runs on the main thread under `futures::executor::block_on`; the SDK runs its
+//! own tasks on its internal runtime. Stdin and signals are read on threads of their own and
+//! arrive here through channels.
+
+use std::io::{self, BufRead, Stdout};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use futures::channel::mpsc::{self, UnboundedReceiver};
+use futures::stream::{Fuse, StreamExt};
+use pulsewire::{Server, ServerConfig, ServerEvent, ServerEvents};
+
+use crate::output::{Format, Output};
+
+/// How the server behaves beyond its [`ServerConfig`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How events are printed.
+    pub format: Format,
+    /// Whether every message is sent back to the peer that sent it.
+    pub echo: bool,
+}
+
+/// The context of an error writing to stdout.
+const STDOUT: &str = "cannot write to stdout";
+
+/// Runs the server until Ctrl-C or SIGTERM. Fails when the address cannot be bound, the
+/// signal handler cannot be installed, or stdout is closed.
+pub fn run(config: ServerConfig, options: Options) -> anyhow::Result<()> {
+    let stop = stop_requests()?;
+    futures::executor::block_on(serve(config, options, stop))
+}
+
+async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiver<()>) -> anyhow::Result<()> {
+    let listen = config.listen();
+    let (server, events) = Server::bind(config).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let mut console = Console { server, out: Output::new(options.format, io::stdout()), echo: options.echo };
+    console.out.listening(console.server.local_addr()).context(STDOUT)?;
+    let mut events = events.fuse();
+    let mut lines = stdin_lines()?;
+
+    let outcome = console.run(&mut events, &mut lines, &mut stop).await;
+    console.server.shutdown().await;
+    outcome?;
+
+    // What happened before the server stopped, the peers' shutdown departures among it;
+    // the stream is closed now, so this ends.
+    console.echo = false;
+    while let Some(event) = events.get_mut().try_next() {
+        console.event(event).await.context(STDOUT)?;
+    }
+    console.out.shutdown().context(STDOUT)?;
+    Ok(())
+}
+
+/// The operator's side of the server: prints what happens, answers messages, and relays the
+/// lines typed on stdin.
+#[derive(Debug)]
+struct Console {
+    server: Server,
+    out: Output<Stdout>,
+    echo: bool,
+}
+
+impl Console {
+    /// Handles events and stdin lines until a stop is requested.
+    async fn run(
+        &mut self,
+        events: &mut Fuse<ServerEvents>,
+        lines: &mut UnboundedReceiver<Vec<u8>>,
+        stop: &mut UnboundedReceiver<()>,
+    ) -> anyhow::Result<()> {
+        loop {
+            futures::select_biased! {
+                _ = stop.next() => {
+                    tracing::info!("stop requested: shutting down");
+                    return Ok(());
+                }
+                event = events.next() => match event {
+                    Some(event) => self.event(event).await.context(STDOUT)?,
+                    None => bail!("the server stopped on its own"),
+                },
+                line = lines.next() => if let Some(line) = line {
+                    let peers = self.server.broadcast(line).await;
+                    tracing::info!(peers, "broadcast a stdin line");
+                },
+            }
+        }
+    }
+
+    /// Prints `event`, with the online list after a peer came or went, and echoes messages.
+    async fn event(&mut self, event: ServerEvent) -> io::Result<()> {
+        self.out.event(&event)?;
+        match event {
+            ServerEvent::PeerOnline { .. } | ServerEvent::PeerOffline { .. } => {
+                let peers = self.server.online().await;
+                self.out.online_list(&peers, Instant::now())?;
+            }
+            ServerEvent::Message { peer, payload } => {
+                if self.echo {
+                    if let Err(error) = self.server.send(&peer, payload).await {
+                        tracing::warn!(%peer, %error, "echo failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Installs the Ctrl-C / SIGTERM / SIGHUP handler: the first signal asks for a graceful
+/// shutdown through the returned channel, a second one exits at once.
+fn stop_requests() -> anyhow::Result<UnboundedReceiver<()>> {
+    let (requests, stop) = mpsc::unbounded();
+    let requested = AtomicBool::new(false);
+    ctrlc::set_handler(move || {
+        if requested.swap(true, Ordering::SeqCst) {
+            eprintln!("second stop signal: exiting without waiting");
+            std::process::exit(130);
+        }
+        // The receiver lives as long as the event loop; after it, nobody needs to hear.
+        let _ = requests.unbounded_send(());
+    })
+    .context("cannot install the Ctrl-C / SIGTERM handler")?;
+    Ok(stop)
+}
+
+/// Reads stdin on a thread of its own; each line (without its `\n` or `\r\n`) comes out of the
+/// channel, which closes at end of input.
+fn stdin_lines() -> anyhow::Result<UnboundedReceiver<Vec<u8>>> {
+    let (sender, lines) = mpsc::unbounded();
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = io::stdin().lock();
+            let mut line = Vec::new();
+            loop {
+                match stdin.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if line.last() == Some(&b'\n') {
+                            line.pop();
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
+                        }
+                        if sender.unbounded_send(std::mem::take(&mut line)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read stdin");
+                        break;
+                    }
+                }
+            }
+            tracing::debug!("stdin closed: no more broadcasts");
+        })
+        .context("cannot start the stdin thread")?;
+    Ok(lines)
+}

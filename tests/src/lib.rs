@@ -1,0 +1,297 @@
+//! The harness of pulsewire's end-to-end tests: build and run the real binaries, speak to them
+//! over real sockets, and wait for what they report, always with a deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures::StreamExt;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pulsewire::{Event, Events};
+use serde_json::Value;
+
+/// Builds a binary of the workspace (once per test process) and returns its path. Built with
+/// cargo through escargot, in the same profile as the tests, never taken from a stale path.
+fn built(slot: &'static OnceLock<PathBuf>, build: fn() -> escargot::CargoBuild) -> PathBuf {
+    slot.get_or_init(|| {
+        let run = build().current_release().current_target().run().expect("cargo builds the binary");
+        run.path().to_path_buf()
+    })
+    .clone()
+}
+
+/// The `demo-server` binary.
+pub fn demo_server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    built(&BIN, || escargot::CargoBuild::new().package("demo-server").bin("demo-server"))
+}
+
+/// The SDK's example client binary.
+pub fn client_example_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    built(&BIN, || escargot::CargoBuild::new().package("pulsewire").example("client"))
+}
+
+/// A line a child process printed, with the moment the harness read it.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// The parsed JSON object.
+    pub json: Value,
+    /// When it was read.
+    pub at: Instant,
+}
+
+impl Line {
+    /// The `event` field.
+    pub fn event(&self) -> &str {
+        self.json["event"].as_str().unwrap_or("")
+    }
+
+    /// A string field.
+    pub fn str(&self, key: &str) -> &str {
+        self.json[key].as_str().unwrap_or("")
+    }
+}
+
+/// A child process that prints one JSON object per line, read on a thread of its own.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Line>,
+    /// Everything read so far, for assertions on history.
+    pub seen: Vec<Line>,
+}
+
+impl Process {
+    fn spawn(mut command: Command) -> anyhow::Result<Process> {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let at = Instant::now();
+                match serde_json::from_str(&line) {
+                    Ok(json) => {
+                        if tx.send(Line { json, at }).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("[child stdout, not json] {line}"),
+                }
+            }
+        });
+        Ok(Process { child, stdin, lines, seen: Vec::new() })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `limit` for a line matching `pred` (lines before it are kept in `seen`).
+    pub fn wait_for(&mut self, limit: Duration, mut pred: impl FnMut(&Line) -> bool) -> anyhow::Result<Line> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|_| {
+                let tail: Vec<_> = self.seen.iter().rev().take(8).map(|l| l.json.to_string()).collect();
+                anyhow!("no matching line within {limit:?}; last lines (newest first): {tail:#?}")
+            })?;
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Waits for the event named `event` whose `peer` field is `peer`.
+    pub fn wait_event(&mut self, limit: Duration, event: &str, peer: &str) -> anyhow::Result<Line> {
+        self.wait_for(limit, |line| line.event() == event && line.str("peer") == peer)
+    }
+
+    /// Writes a line to the process's stdin.
+    pub fn type_line(&mut self, text: &str) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("stdin closed"))?;
+        writeln!(stdin, "{text}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.child.id())?;
+        kill(Pid::from_raw(pid), signal)?;
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                bail!("process {} still running after {limit:?}", self.child.id());
+            }
+            // Polling a child's exit status has no event to wait on here; 10 ms steps, bounded.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.signal(Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `demo-server --json`.
+#[derive(Debug)]
+pub struct DemoServer {
+    /// The process.
+    pub process: Process,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl DemoServer {
+    /// Starts the demo server on `listen` with extra arguments, and waits until it listens.
+    pub fn start(listen: &str, args: &[&str]) -> anyhow::Result<DemoServer> {
+        let mut command = Command::new(demo_server_bin());
+        command.args(["--json", "--listen", listen]).args(args);
+        let mut process = Process::spawn(command)?;
+        let line = process.wait_for(Duration::from_secs(30), |line| line.event() == "listening")?;
+        let addr = line.str("addr").parse().context("listening address")?;
+        Ok(DemoServer { process, addr })
+    }
+
+    /// The ids in the most recent `online_list` line read so far.
+    pub fn last_online_list(&self) -> Option<Vec<String>> {
+        let line = self.process.seen.iter().rev().find(|line| line.event() == "online_list")?;
+        let peers = line.json["peers"].as_array()?;
+        Some(peers.iter().filter_map(|peer| peer["id"].as_str().map(str::to_owned)).collect())
+    }
+}
+
+/// Starts the example client process against `server` as `id`, printing JSON events.
+pub fn start_client_process(server: SocketAddr, id: &str) -> anyhow::Result<Process> {
+    let mut command = Command::new(client_example_bin());
+    command.args(["--json", "--server", &server.to_string(), "--id", id, "--max-delay-ms", "200"]);
+    Process::spawn(command)
+}
+
+/// Runs `task` for at most `limit`.
+pub async fn within<T>(limit: Duration, task: impl std::future::Future<Output = T>) -> Option<T> {
+    smol::future::or(async { Some(task.await) }, async {
+        smol::Timer::after(limit).await;
+        None
+    })
+    .await
+}
+
+/// Waits up to `limit` for a client event matching `pred`; returns it with when it came, and
+/// every event before it.
+pub async fn next_event(
+    events: &mut Events,
+    limit: Duration,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> anyhow::Result<(Event, Instant, Vec<Event>)> {
+    let mut before = Vec::new();
+    let found = within(limit, async {
+        while let Some(event) = events.next().await {
+            if pred(&event) {
+                return Some((event, Instant::now()));
+            }
+            before.push(event);
+        }
+        None
+    })
+    .await;
+    match found {
+        Some(Some((event, at))) => Ok((event, at, before)),
+        Some(None) => bail!("event stream ended; events seen: {before:#?}"),
+        None => bail!("no matching event within {limit:?}; events seen: {before:#?}"),
+    }
+}
+
+/// A raw protocol peer for speaking (and misspeaking) the protocol by hand.
+#[derive(Debug)]
+pub struct RawPeer {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl RawPeer {
+    /// Connects.
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<RawPeer> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(RawPeer { stream, reader })
+    }
+
+    /// Connects and completes the handshake as `id`; returns the `WELCOME` line.
+    pub fn hello(addr: SocketAddr, id: &str) -> anyhow::Result<(RawPeer, String)> {
+        let mut peer = RawPeer::connect(addr)?;
+        peer.send(format!("HELLO 1 {id}\n").as_bytes())?;
+        let welcome = peer.line()?;
+        if !welcome.starts_with("WELCOME ") {
+            bail!("expected WELCOME, got {welcome:?}");
+        }
+        Ok((peer, welcome))
+    }
+
+    /// Writes raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads one line (without its newline); an error at end of stream.
+    pub fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("connection closed");
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    /// Reads lines until one that does not start with `PULSE` (answering none of them).
+    pub fn line_skipping_pulses(&mut self) -> anyhow::Result<String> {
+        loop {
+            let line = self.line()?;
+            if !line.starts_with("PULSE ") {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (reads to the end, discarding).
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok()
+    }
+}
+
+/// How many file descriptors this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(0)
+}

@@ -1,0 +1,49 @@
+use pulsewire::{Client, Event, State};
+use pulsewire_tests::{next_event, DemoServer};
+
+use crate::{client_config, patience, INTERVAL, INTERVAL_ARG, MAX_MISSED};
+
+#[test]
+fn client_connects_appears_online_pulses_flow_and_messages_go_both_ways() -> anyhow::Result<()> {
+    let mut server = DemoServer::start("127.0.0.1:0", &INTERVAL_ARG)?;
+    smol::block_on(async {
+        let (client, mut events) = Client::start(client_config(server.addr, "desk-1"));
+        let (connected, ..) = next_event(&mut events, patience(), |e| matches!(e, Event::Connected { .. })).await?;
+        let Event::Connected { interval, max_missed, .. } = connected else { unreachable!() };
+        assert_eq!((interval, max_missed), (INTERVAL, MAX_MISSED), "the client adopts the server's cadence");
+
+        // The server lists the peer.
+        server.process.wait_event(patience(), "online", "desk-1")?;
+        server.process.wait_for(patience(), |line| line.event() == "online_list")?;
+        assert_eq!(server.last_online_list(), Some(vec!["desk-1".to_owned()]));
+
+        // Pulses flow, numbered upwards, and the client answers them (it stays online).
+        let mut seqs = Vec::new();
+        while seqs.len() < 3 {
+            let (pulse, ..) = next_event(&mut events, patience(), |e| matches!(e, Event::Pulse { .. })).await?;
+            let Event::Pulse { seq, .. } = pulse else { unreachable!() };
+            seqs.push(seq);
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "pulse numbers increase: {seqs:?}");
+        assert!(matches!(client.state(), State::Online { .. }));
+
+        // Client to server: the server reports the message and echoes it back.
+        client.send("ping from desk-1").await?;
+        server.process.wait_for(patience(), |l| l.event() == "message" && l.str("text") == "ping from desk-1")?;
+        next_event(&mut events, patience(), |e| *e == Event::Message("ping from desk-1".into())).await?;
+
+        // Server to client: a line typed into the server is broadcast.
+        server.process.type_line("hello desks")?;
+        next_event(&mut events, patience(), |e| *e == Event::Message("hello desks".into())).await?;
+
+        // The client's own pulse measures the round trip.
+        let rtt = client.probe().await?;
+        eprintln!("probe round trip on loopback: {rtt:?}");
+        assert!(rtt < patience());
+
+        client.close().await;
+        let gone = server.process.wait_event(patience(), "offline", "desk-1")?;
+        assert_eq!(gone.str("reason"), "goodbye");
+        Ok(())
+    })
+}
