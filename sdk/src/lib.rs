@@ -77,3 +77,8 @@ pub use client::{
 pub use server::{
     OfflineReason, PeerInfo, Server, ServerConfig, ServerConfigBuilder, ServerEvent, ServerEvents, ServerSendError,
 };
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -25,9 +25,11 @@ const MAX_PAYLOAD: usize = 300;
 const KNOWN_CODES: [&str; 9] =
     ["malformed", "too-large", "unexpected", "version", "bad-id", "timeout", "replaced", "shutdown", "full"];
 
+/// `cases` per property, unless `PROPTEST_CASES` asks for another number.
 fn config(cases: u32) -> Config {
+    let from_env = std::env::var_os("PROPTEST_CASES").is_some();
     Config {
-        cases,
+        cases: if from_env { Config::default().cases } else { cases },
         // A failure prints its minimal input; no regression file is written next to this one.
         failure_persistence: None,
         ..Config::default()

@@ -206,10 +206,11 @@ async fn session(
     shared.set(Phase::Online(link.clone()));
     emit.send(Event::Connected { session: link.session.clone(), interval, max_missed: link.misses.max_missed() });
     let healthy = AtomicBool::new(false);
+    let (first_pulse_tx, first_pulse) = async_channel::bounded(1);
     let in_flight = Mutex::new(Vec::new());
 
-    let responder = responder(&stream, decoder, &link, emit, &healthy).fuse();
-    let checker = checker(&link.misses, interval, emit).fuse();
+    let responder = responder(&stream, decoder, &link, emit, &healthy, &first_pulse_tx).fuse();
+    let checker = checker(&link.misses, interval, emit, &first_pulse).fuse();
     let writer = writer(&stream, &control_rx, &data_rx, &finish_rx, &in_flight).fuse();
     let closed = close.recv().fuse();
     pin_mut!(responder, checker, writer, closed);
@@ -261,6 +262,7 @@ async fn responder(
     link: &Link,
     emit: &Emit,
     healthy: &AtomicBool,
+    first_pulse: &async_channel::Sender<Instant>,
 ) -> DisconnectReason {
     let mut socket = stream;
     loop {
@@ -275,7 +277,9 @@ async fn responder(
                 Frame::Pulse { seq } => {
                     // The control queue lives as long as the link: sending cannot fail here.
                     let _ = link.control.send(Frame::Alive { seq }).await;
-                    healthy.store(true, Ordering::Relaxed);
+                    if !healthy.swap(true, Ordering::Relaxed) {
+                        let _ = first_pulse.try_send(Instant::now());
+                    }
                     emit.send(Event::Pulse { seq, misses_reset: forgiven });
                 }
                 Frame::Alive { seq } => {
@@ -300,11 +304,33 @@ async fn responder(
 }
 
 /// The checker: every interval, ticks the miss counter; past the limit the connection is lost.
-async fn checker(misses: &MissCounter, interval: Duration, emit: &Emit) -> DisconnectReason {
+/// Its ticks are aligned half an interval away from the server's pulses once the first one
+/// arrived, so that jitter in their arrival does not count as a miss.
+async fn checker(
+    misses: &MissCounter,
+    interval: Duration,
+    emit: &Emit,
+    first_pulse: &async_channel::Receiver<Instant>,
+) -> DisconnectReason {
     let mut cadence = Cadence::new(Instant::now(), interval);
     let mut timer = rt::Timer::at(cadence.next_deadline());
+    let mut aligned = false;
     loop {
-        (&mut timer).await;
+        if aligned {
+            (&mut timer).await;
+        } else {
+            select_biased! {
+                () = (&mut timer).fuse() => {}
+                at = first_pulse.recv().fuse() => {
+                    aligned = true;
+                    if let Ok(at) = at {
+                        cadence.align(at);
+                        timer.reset(cadence.next_deadline());
+                    }
+                    continue;
+                }
+            }
+        }
         let due = cadence.poll(Instant::now());
         timer.reset(cadence.next_deadline());
         if !due {

@@ -206,9 +206,10 @@ impl Client {
         let _ = crate::rt::timeout(bound, self.inner.done.recv()).await;
     }
 
-    /// Whether the driver has finished (after [`Client::close`], a give-up or a refusal).
+    /// Whether the client has stopped for good (after [`Client::close`], a give-up or a
+    /// refusal): its connection and tasks are gone, and [`Event::Closed`] is on its way.
     pub fn is_finished(&self) -> bool {
-        self.inner.done.is_closed()
+        matches!(*self.inner.shared.phase(), Phase::Closed(_))
     }
 }
 

@@ -44,6 +44,25 @@ impl Cadence {
         self.next
     }
 
+    /// Moves the schedule so that ticks fall half an interval after `reference` (plus whole
+    /// intervals): the moment farthest from events that recur every interval at `reference`.
+    /// The client's checker aligns itself this way on the first pulse, so that pulses arriving a
+    /// little early or late never land on the wrong side of a tick.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use pulsewire::core::Cadence;
+    ///
+    /// let start = Instant::now();
+    /// let ms = Duration::from_millis;
+    /// let mut cadence = Cadence::new(start, ms(100));
+    /// cadence.align(start + ms(30)); // a pulse arrived at 30 ms
+    /// assert_eq!(cadence.next_deadline(), start + ms(80));
+    /// ```
+    pub fn align(&mut self, reference: Instant) {
+        self.next = reference + self.interval / 2;
+    }
+
     /// Whether a tick is due at `now`; if so, the schedule moves to the next deadline after
     /// `now`.
     pub fn poll(&mut self, now: Instant) -> bool {
@@ -72,6 +91,22 @@ mod tests {
             // Wake 3 ms late every time: the deadlines stay on the 10 ms grid.
             assert!(cadence.poll(start + ms(10) * n + ms(3)));
             assert_eq!(cadence.next_deadline(), start + ms(10) * (n + 1));
+        }
+    }
+
+    #[test]
+    fn aligned_ticks_tolerate_pulse_jitter_of_almost_half_an_interval() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut cadence = Cadence::new(start, ms(100));
+        // Pulses are due at 10 ms + n × 100 ms; the first one arrived on time.
+        cadence.align(start + ms(10));
+        for n in 1..=50u32 {
+            let due = start + ms(10) + ms(100) * n;
+            // Every tick falls strictly between two pulses, 49 ms from either.
+            let tick = cadence.next_deadline();
+            assert!(tick + ms(49) < due && tick > due - ms(100) + ms(49), "tick {n}");
+            assert!(cadence.poll(tick));
         }
     }
 

@@ -52,6 +52,8 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
                     if unless(&ctx.halt, serve(&stream, addr, key, &ctx)).await.is_none() {
                         rt::shutdown(&stream);
                     }
+                    // The socket is released before the task counts as finished.
+                    drop(stream);
                     drop(guard);
                 });
             }
@@ -116,6 +118,7 @@ async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, ctx: &Context) {
         let stream = writer.stream.clone();
         let _ = unless(&halt, writer.run()).await;
         rt::shutdown(&stream);
+        drop(stream);
         drop(guard);
     });
     let (welcomed, joined) = oneshot::channel();
