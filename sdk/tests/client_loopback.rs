@@ -1,0 +1,179 @@
+//! The client and the server engine over real loopback sockets: the contract of `send`,
+//! `probe`, giving up, and the server's own sending.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pulsewire::{
+    Client, ClientConfig, CloseReason, Event, Events, ProbeError, SendError, Server, ServerConfig, ServerEvent,
+    ServerSendError, State,
+};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A port with nothing listening on it.
+fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+async fn wait_for(events: &mut Events, mut pred: impl FnMut(&Event) -> bool) -> Event {
+    let found = smol::future::or(
+        async {
+            while let Some(event) = events.next().await {
+                if pred(&event) {
+                    return Some(event);
+                }
+            }
+            None
+        },
+        async {
+            smol::Timer::after(PATIENCE).await;
+            None
+        },
+    )
+    .await;
+    found.expect("the expected event within the deadline")
+}
+
+async fn server() -> (Server, pulsewire::ServerEvents) {
+    let config = ServerConfig::builder()
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .interval(Duration::from_millis(50))
+        .build()
+        .expect("config");
+    Server::bind(config).await.expect("bind")
+}
+
+fn quick(addr: &str, id: &str) -> pulsewire::ClientConfigBuilder {
+    ClientConfig::builder(addr, id).initial_delay(Duration::from_millis(10)).max_delay(Duration::from_millis(50))
+}
+
+#[test]
+fn send_and_probe_while_offline_fail_and_hand_the_payload_back() {
+    smol::block_on(async {
+        let (client, _events) = Client::start(quick(&closed_port(), "lonely").build().expect("config"));
+        assert_eq!(client.try_send("a"), Err(SendError::Offline("a".into())));
+        assert_eq!(client.send("b").await, Err(SendError::Offline("b".into())));
+        assert_eq!(client.probe().await, Err(ProbeError::Offline));
+        client.close().await;
+        assert_eq!(client.try_send("c"), Err(SendError::Closed("c".into())));
+    });
+}
+
+#[test]
+fn oversized_message_is_refused_with_its_payload() {
+    smol::block_on(async {
+        let config = quick(&closed_port(), "big").max_payload(8).build().expect("config");
+        let (client, _events) = Client::start(config);
+        let error = client.try_send("123456789").expect_err("too large");
+        assert!(matches!(&error, SendError::TooLarge { max: 8, .. }), "{error:?}");
+        assert_eq!(error.into_payload(), "123456789");
+        client.close().await;
+    });
+}
+
+#[test]
+fn client_gives_up_after_max_attempts_with_growing_delays() {
+    smol::block_on(async {
+        let config = quick(&closed_port(), "quitter").jitter(0.0).max_attempts(4).build().expect("config");
+        let (client, mut events) = Client::start(config);
+        let mut delays = Vec::new();
+        let closed = wait_for(&mut events, |event| {
+            if let Event::BackingOff { delay, .. } = event {
+                delays.push(*delay);
+            }
+            matches!(event, Event::Closed { .. })
+        })
+        .await;
+        assert!(matches!(closed, Event::Closed { reason: CloseReason::GaveUp { attempts: 4, .. } }), "{closed:?}");
+        // The first attempt is immediate, then 10 ms, 20 ms, 40 ms (no jitter), capped at 50 ms.
+        let ms = Duration::from_millis;
+        assert_eq!(delays, vec![ms(10), ms(20), ms(40)]);
+        assert!(client.is_finished());
+        assert!(matches!(client.state(), State::Closed { reason: CloseReason::GaveUp { .. } }));
+    });
+}
+
+#[test]
+fn probe_measures_a_round_trip_and_server_sends_to_one_peer_or_all() {
+    smol::block_on(async {
+        let (server, mut server_events) = server().await;
+        let addr = server.local_addr().to_string();
+        let (a, mut a_events) = Client::start(quick(&addr, "a").build().expect("config"));
+        let (b, mut b_events) = Client::start(quick(&addr, "b").build().expect("config"));
+        wait_for(&mut a_events, |e| matches!(e, Event::Connected { .. })).await;
+        wait_for(&mut b_events, |e| matches!(e, Event::Connected { .. })).await;
+
+        let rtt = a.probe().await.expect("probe answered");
+        assert!(rtt < PATIENCE);
+
+        let peer_a = pulsewire::protocol::ClientId::new("a").expect("id");
+        server.send(&peer_a, "just for a").await.expect("queued");
+        assert_eq!(
+            wait_for(&mut a_events, |e| matches!(e, Event::Message(_))).await,
+            Event::Message("just for a".into())
+        );
+        assert_eq!(server.broadcast("for all").await, 2);
+        assert_eq!(wait_for(&mut a_events, |e| matches!(e, Event::Message(_))).await, Event::Message("for all".into()));
+        assert_eq!(wait_for(&mut b_events, |e| matches!(e, Event::Message(_))).await, Event::Message("for all".into()));
+
+        let nobody = pulsewire::protocol::ClientId::new("nobody").expect("id");
+        assert_eq!(server.send(&nobody, "x").await, Err(ServerSendError::NotOnline("x".into())));
+
+        let online = server.online().await;
+        assert_eq!(online.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        a.close().await;
+        b.close().await;
+        let mut offline = 0;
+        while offline < 2 {
+            if let Some(ServerEvent::PeerOffline { .. }) = server_events.next().await {
+                offline += 1;
+            }
+        }
+        server.shutdown().await;
+        assert_eq!(server.online().await, vec![]);
+        assert_eq!(server.send(&peer_a, "late").await, Err(ServerSendError::Stopped));
+    });
+}
+
+#[test]
+fn messages_not_written_when_the_connection_drops_come_back_as_undelivered() {
+    // A server that welcomes the client, never reads, then drops the connection.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("accept");
+        let mut hello = [0u8; 64];
+        let _ = socket.read(&mut hello).expect("hello");
+        socket.write_all(b"WELCOME s1 60000 3\n").expect("welcome");
+        dropped_rx.recv().expect("told to drop");
+        drop(socket);
+    });
+    smol::block_on(async {
+        let config =
+            quick(&addr, "stuck").max_payload(64 * 1024).send_queue(512).max_attempts(1).build().expect("config");
+        let (client, mut events) = Client::start(config);
+        wait_for(&mut events, |e| matches!(e, Event::Connected { .. })).await;
+        // Far more than the socket buffers hold: the writer blocks, the queue fills.
+        let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let mut accepted = 0;
+        while client.try_send(payload.clone()).is_ok() {
+            accepted += 1;
+        }
+        assert!(accepted > 0);
+        dropped_tx.send(()).expect("server thread alive");
+        let mut undelivered = 0;
+        let closed = wait_for(&mut events, |e| {
+            undelivered += usize::from(matches!(e, Event::Undelivered(p) if *p == payload));
+            matches!(e, Event::Closed { .. })
+        })
+        .await;
+        assert!(matches!(closed, Event::Closed { .. }));
+        assert!(undelivered > 0 && undelivered <= accepted, "{undelivered} of {accepted} handed back");
+    });
+    server.join().expect("server thread");
+}
