@@ -67,7 +67,8 @@ fn text(event: &Event) -> String {
     match event {
         Event::Connecting { attempt } => format!("connecting (attempt {attempt})"),
         Event::Connected { session, interval, max_missed } => {
-            format!("connected: session {session}, pulse every {interval:?}, lost after {max_missed} missed")
+            let interval = interval.as_millis();
+            format!("connected: session {session}, pulse every {interval}ms, lost after {max_missed} missed")
         }
         Event::Pulse { seq, misses_reset } if *misses_reset > 0 => {
             format!("pulse {seq} (forgave {misses_reset} missed)")
@@ -77,7 +78,7 @@ fn text(event: &Event) -> String {
         Event::Disconnected { reason } => format!("disconnected: {reason}"),
         Event::BackingOff { attempt, delay, last_error, .. } => {
             let why = last_error.as_ref().map(|e| format!(" after: {e}")).unwrap_or_default();
-            format!("backing off {delay:?} before attempt {attempt}{why}")
+            format!("backing off {}ms before attempt {attempt}{why}", delay.as_millis())
         }
         Event::Message(bytes) => format!("message: {}", String::from_utf8_lossy(bytes)),
         Event::Undelivered(bytes) => format!("undelivered: {}", String::from_utf8_lossy(bytes)),
