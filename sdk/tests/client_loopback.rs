@@ -177,3 +177,23 @@ fn messages_not_written_when_the_connection_drops_come_back_as_undelivered() {
     });
     server.join().expect("server thread");
 }
+
+#[test]
+fn aborted_server_is_noticed_from_the_socket_without_a_goodbye() {
+    smol::block_on(async {
+        let (server, _server_events) = server().await;
+        let (_client, mut events) =
+            Client::start(quick(&server.local_addr().to_string(), "crash").build().expect("config"));
+        wait_for(&mut events, |e| matches!(e, Event::Pulse { .. })).await;
+        server.abort().await;
+        assert_eq!(server.live_tasks(), 0);
+        let lost = wait_for(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
+        assert!(
+            matches!(
+                lost,
+                Event::Disconnected { reason: pulsewire::DisconnectReason::Eof | pulsewire::DisconnectReason::Reset }
+            ),
+            "{lost:?}"
+        );
+    });
+}

@@ -15,15 +15,12 @@ use proptest::sample::{select, Index};
 use proptest::test_runner::Config;
 use pulsewire::protocol::{
     ClientId, DecodeError, Decoder, ErrorCode, Frame, SessionId, DEFAULT_MAX_PAYLOAD, MAX_LINE, MAX_TOKEN,
+    PROTOCOL_VERSION,
 };
 
 /// The payload limit of the decoders in the round-trip properties: small enough that payloads
 /// of exactly the limit are generated often.
 const MAX_PAYLOAD: usize = 300;
-
-/// The error codes this protocol version names, as written on the wire.
-const KNOWN_CODES: [&str; 9] =
-    ["malformed", "too-large", "unexpected", "version", "bad-id", "timeout", "replaced", "shutdown", "full"];
 
 /// `cases` per property, unless `PROPTEST_CASES` asks for another number.
 fn config(cases: u32) -> Config {
@@ -53,23 +50,18 @@ fn printable(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).expect("the strategies only yield ASCII")
 }
 
+/// The error codes this protocol version gives a meaning to.
+fn known_codes() -> Vec<ErrorCode> {
+    use ErrorCode::*;
+    vec![Malformed, TooLarge, Unexpected, Version, BadId, Timeout, Replaced, Shutdown, Full]
+}
+
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    let known = select(vec![
-        ErrorCode::Malformed,
-        ErrorCode::TooLarge,
-        ErrorCode::Unexpected,
-        ErrorCode::Version,
-        ErrorCode::BadId,
-        ErrorCode::Timeout,
-        ErrorCode::Replaced,
-        ErrorCode::Shutdown,
-        ErrorCode::Full,
-    ]);
-    // A lowercase word this version does not know is kept as `Other`.
+    // Any other lowercase word is kept as `Other`; a known word decodes as its own variant.
     let other = "[a-z-]{1,64}"
-        .prop_filter("known codes decode as their own variant", |word| !KNOWN_CODES.contains(&word.as_str()))
+        .prop_filter("a known code is not `Other`", |word| known_codes().iter().all(|code| code.as_str() != word))
         .prop_map(ErrorCode::Other);
-    prop_oneof![4 => known, 1 => other]
+    prop_oneof![4 => select(known_codes()), 1 => other]
 }
 
 /// `ERROR <code> <text>`: printable ASCII text, as long as the line stays within `MAX_LINE`.
@@ -79,7 +71,7 @@ fn error_frame() -> impl Strategy<Value = Frame> {
         let budget = MAX_LINE - "ERROR ".len() - code.as_str().len() - " \n".len();
         // Spaces weigh heavily: they separate the code from the text and may lead or end it.
         let char = prop_oneof![3 => 0x20u8..=0x7e, 1 => Just(b' ')];
-        let text = prop_oneof![vec(char.clone(), 0..=24), vec(char.clone(), budget), vec(char, 0..=budget),]
+        let text = prop_oneof![vec(char.clone(), 0..=24), vec(char.clone(), budget), vec(char, 0..=budget)]
             .prop_map(printable);
         (Just(code), text).prop_map(|(code, text)| Frame::Error { code, text })
     })
@@ -92,13 +84,14 @@ fn bye_frame() -> impl Strategy<Value = Frame> {
 
 /// Payloads of any bytes (newlines included) up to `max`, the limit itself often.
 fn payload(max: usize) -> impl Strategy<Value = Bytes> {
-    prop_oneof![vec(any::<u8>(), 0..=16), vec(any::<u8>(), max), vec(any::<u8>(), 0..=max),].prop_map(Bytes::from)
+    prop_oneof![vec(any::<u8>(), 0..=16), vec(any::<u8>(), max), vec(any::<u8>(), 0..=max)].prop_map(Bytes::from)
 }
 
 /// Any frame of any variant, valid for a decoder accepting `MAX_PAYLOAD`.
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u32>(), client_id()).prop_map(|(version, client_id)| Frame::Hello { version, client_id }),
+        // A HELLO for another version is refused by the decoder (see the property below).
+        client_id().prop_map(|client_id| Frame::Hello { version: PROTOCOL_VERSION, client_id }),
         (session_id(), 1..=u64::MAX, any::<u32>()).prop_map(|(session, ms, max_missed)| {
             Frame::Welcome { session, interval: Duration::from_millis(ms), max_missed }
         }),
@@ -472,4 +465,19 @@ fn strategies_reach_the_limits() {
     assert_eq!(longest_line, MAX_LINE, "ERROR lines of exactly MAX_LINE bytes are generated");
     assert_eq!(longest_payload, MAX_PAYLOAD, "payloads of exactly the limit are generated");
     assert_eq!(verbs.len(), 7, "every variant is generated: {verbs:?}");
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn hello_for_any_other_version_is_a_version_error_whatever_follows(
+        version in (0..u64::MAX).prop_filter("not ours", |v| *v != u64::from(PROTOCOL_VERSION)),
+        rest in "[ -~]{0,64}",
+    ) {
+        let mut decoder = Decoder::new(MAX_PAYLOAD);
+        decoder.extend(format!("HELLO {version} {rest}\n").as_bytes());
+        let error = decoder.next_frame().expect_err("another version");
+        prop_assert_eq!(error.code(), ErrorCode::Version);
+    }
 }

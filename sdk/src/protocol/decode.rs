@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::frame::{is_token, ClientId, ErrorCode, Frame, SessionId, MAX_LINE};
+use super::frame::{is_token, ClientId, ErrorCode, Frame, SessionId, MAX_LINE, PROTOCOL_VERSION};
 
 /// Why a byte stream is not valid pulsewire. Each maps to the [`ErrorCode`] the receiver sends
 /// back before closing ([`DecodeError::code`]).
@@ -36,6 +36,11 @@ pub enum DecodeError {
     },
     /// A `HELLO` whose client id breaks the id rules.
     BadClientId,
+    /// A `HELLO` for a protocol version this side does not speak.
+    UnsupportedVersion {
+        /// The version asked for (`u64::MAX` for anything larger).
+        version: u64,
+    },
 }
 
 impl DecodeError {
@@ -49,6 +54,7 @@ impl DecodeError {
         match self {
             DecodeError::LineTooLong { .. } | DecodeError::PayloadTooLarge { .. } => ErrorCode::TooLarge,
             DecodeError::BadClientId => ErrorCode::BadId,
+            DecodeError::UnsupportedVersion { .. } => ErrorCode::Version,
             DecodeError::NotAscii | DecodeError::UnknownVerb(_) | DecodeError::BadArgument { .. } => {
                 ErrorCode::Malformed
             }
@@ -68,6 +74,9 @@ impl fmt::Display for DecodeError {
             DecodeError::NotAscii => f.write_str("control line is not printable ascii"),
             DecodeError::UnknownVerb(verb) => write!(f, "unknown verb {verb:?}"),
             DecodeError::BadArgument { verb, detail } => write!(f, "bad {verb} line: {detail}"),
+            DecodeError::UnsupportedVersion { version } => {
+                write!(f, "protocol version {version} is not supported (this side speaks {PROTOCOL_VERSION})")
+            }
             DecodeError::BadClientId => f.write_str("client id must be 1-64 characters of A-Z a-z 0-9 . _ : -"),
         }
     }
@@ -206,8 +215,8 @@ impl Decoder {
             Parsed::Frame(frame) => Ok(Some(frame)),
             Parsed::DataHeader(0) => Ok(Some(Frame::Data(bytes::Bytes::new()))),
             Parsed::DataHeader(len) => {
+                // No room is reserved up front: the buffer grows only as the bytes arrive.
                 self.payload_due = Some(len);
-                self.buf.reserve(len.saturating_sub(self.buf.len()));
                 self.decode()
             }
         }
@@ -232,11 +241,19 @@ fn parse_line(line: &[u8], max_payload: usize) -> Result<Parsed, DecodeError> {
     let bad = |verb: &'static str, detail: &'static str| DecodeError::BadArgument { verb, detail };
     let frame = match verb {
         "HELLO" => {
-            let [version, id] = words::<2>(rest).ok_or(bad("HELLO", "expected HELLO <version> <client-id>"))?;
-            let version = number(version).ok_or(bad("HELLO", "version is not a number"))?;
-            let version = u32::try_from(version).map_err(|_| bad("HELLO", "version out of range"))?;
+            // The version comes first and decides how the rest reads: a later version may
+            // carry more arguments, and must get `version`, not `malformed`.
+            let (version, after) = match rest {
+                Some(rest) => rest.split_once(' ').map_or((rest, None), |(v, after)| (v, Some(after))),
+                None => ("", None),
+            };
+            let version = big_number(version).ok_or(bad("HELLO", "version is not a number"))?;
+            if version != u64::from(PROTOCOL_VERSION) {
+                return Err(DecodeError::UnsupportedVersion { version });
+            }
+            let [id] = words::<1>(after).ok_or(bad("HELLO", "expected HELLO <version> <client-id>"))?;
             let client_id = ClientId::new(id).map_err(|_| DecodeError::BadClientId)?;
-            Frame::Hello { version, client_id }
+            Frame::Hello { version: PROTOCOL_VERSION, client_id }
         }
         "WELCOME" => {
             let [session, interval, max_missed] =
@@ -260,7 +277,7 @@ fn parse_line(line: &[u8], max_payload: usize) -> Result<Parsed, DecodeError> {
         }
         "DATA" => {
             let [len] = words::<1>(rest).ok_or(bad("DATA", "expected DATA <len>"))?;
-            let len = number(len).ok_or(bad("DATA", "length is not a number"))?;
+            let len = big_number(len).ok_or(bad("DATA", "length is not a number"))?;
             return match usize::try_from(len) {
                 Ok(len) if len <= max_payload => Ok(Parsed::DataHeader(len)),
                 _ => Err(DecodeError::PayloadTooLarge { len, max: max_payload }),
@@ -299,8 +316,17 @@ fn words<const N: usize>(rest: Option<&str>) -> Option<[&str; N]> {
 
 /// A plain decimal u64: digits only, no sign, no leading zeros beyond a lone `0`.
 fn number(word: &str) -> Option<u64> {
-    let canonical = word.bytes().all(|b| b.is_ascii_digit()) && (word == "0" || !word.starts_with('0'));
-    canonical.then(|| word.parse().ok()).flatten()
+    canonical(word).then(|| word.parse().ok()).flatten()
+}
+
+/// Like [`number`], but a canonical number above `u64::MAX` reads as `u64::MAX`: for values
+/// where "too big" has its own answer (a payload length, a protocol version).
+fn big_number(word: &str) -> Option<u64> {
+    canonical(word).then(|| word.parse().unwrap_or(u64::MAX))
+}
+
+fn canonical(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit()) && (word == "0" || !word.starts_with('0'))
 }
 
 #[cfg(test)]
@@ -411,6 +437,12 @@ mod tests {
             (b"PULSE \xff\n", ErrorCode::Malformed),
             (b"PULSE 1\t\n", ErrorCode::Malformed),
             (b"HELLO one desk\n", ErrorCode::Malformed),
+            (b"HELLO\n", ErrorCode::Malformed),
+            (b"HELLO 2 desk\n", ErrorCode::Version),
+            (b"HELLO 2 desk token-from-the-future\n", ErrorCode::Version),
+            (b"HELLO 2 bad/id\n", ErrorCode::Version),
+            (b"HELLO 99999999999999999999999 x\n", ErrorCode::Version),
+            (b"DATA 99999999999999999999999\n", ErrorCode::TooLarge),
             (b"HELLO 1 desk 42\n", ErrorCode::Malformed),
             (b"HELLO 1 desk/42\n", ErrorCode::BadId),
             (b"WELCOME s 0 3\n", ErrorCode::Malformed),

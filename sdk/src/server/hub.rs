@@ -71,14 +71,18 @@ pub(super) async fn run(
     rx: async_channel::Receiver<HubMsg>,
     events: async_channel::Sender<ServerEvent>,
     stop: async_channel::Receiver<()>,
+    halt: async_channel::Receiver<()>,
 ) {
     let mut cadence = Cadence::new(Instant::now(), config.interval);
     let mut timer = rt::Timer::at(cadence.next_deadline());
     let mut hub = Hub { list: OnlineList::new(config.max_missed, fastrand::u32(..)), config, events };
     let stopped = stop.recv().fuse();
-    pin_mut!(stopped);
+    let halted = halt.recv().fuse();
+    pin_mut!(stopped, halted);
     loop {
         select_biased! {
+            // Aborted: the peers are cut without a word, as if the process had died.
+            _ = halted => return,
             _ = stopped => break,
             () = (&mut timer).fuse() => {
                 let now = Instant::now();

@@ -79,6 +79,7 @@ impl Server {
         let (event_tx, event_rx) = async_channel::unbounded();
         let (stop_tx, stop_rx) = async_channel::bounded(1);
         let (halt_tx, halt_rx) = async_channel::bounded(1);
+        let hub_halt = halt_rx.clone();
         let tracker = Tracker::new();
         let ctx = Arc::new(conn::Context {
             config: config.clone(),
@@ -91,7 +92,7 @@ impl Server {
         let hub_guard = tracker.guard();
         let hub_config = config.clone();
         rt::spawn(async move {
-            hub::run(hub_config, hub_rx, event_tx, stop_rx).await;
+            hub::run(hub_config, hub_rx, event_tx, stop_rx, hub_halt).await;
             drop(hub_guard);
         });
         let accept_guard = tracker.guard();
@@ -162,6 +163,17 @@ impl Server {
             self.inner.tracker.wait().await;
         }
         tracing::info!("server stopped");
+    }
+
+    /// Stops the server at once, the way a crash looks to its peers: every connection is cut
+    /// without `BYE`, so clients notice the loss from the socket and reconnect as they would
+    /// after a `kill -9`. Meant for fault injection in demos and tests; [`Server::shutdown`] is
+    /// the graceful stop. When it returns, no task of the server runs and no socket is open.
+    pub async fn abort(&self) {
+        self.inner.halt.close();
+        self.inner.stop.close();
+        self.inner.tracker.wait().await;
+        tracing::warn!("server aborted");
     }
 }
 
@@ -349,13 +361,14 @@ impl Tracker {
     }
 }
 
-/// Runs `task` unless `signal` closes first.
+/// Runs `task` unless `signal` closes first; the signal is checked before each step of the
+/// task, so a signalled task makes no further progress.
 pub(crate) async fn unless<F: std::future::Future>(signal: &async_channel::Receiver<()>, task: F) -> Option<F::Output> {
     let task = std::pin::pin!(task);
     let signalled = std::pin::pin!(signal.recv());
-    match future::select(task, signalled).await {
-        Either::Left((output, _)) => Some(output),
-        Either::Right(_) => None,
+    match future::select(signalled, task).await {
+        Either::Left(_) => None,
+        Either::Right((output, _)) => Some(output),
     }
 }
 
