@@ -51,8 +51,8 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
     // What happened before the server stopped, the peers' shutdown departures among it;
     // the stream is closed now, so this ends.
     console.echo = false;
-    while let Some(event) = events.get_mut().try_next() {
-        console.event(event).await.context(STDOUT)?;
+    if let Some(event) = events.get_mut().try_next() {
+        console.batch(event, events.get_mut()).await.context(STDOUT)?;
     }
     console.out.shutdown().context(STDOUT)?;
     Ok(())
@@ -82,7 +82,7 @@ impl Console {
                     return Ok(());
                 }
                 event = events.next() => match event {
-                    Some(event) => self.event(event).await.context(STDOUT)?,
+                    Some(event) => self.batch(event, events.get_mut()).await.context(STDOUT)?,
                     None => bail!("the server stopped on its own"),
                 },
                 line = lines.next() => if let Some(line) = line {
@@ -93,14 +93,26 @@ impl Console {
         }
     }
 
-    /// Prints `event`, with the online list after a peer came or went, and echoes messages.
-    async fn event(&mut self, event: ServerEvent) -> io::Result<()> {
+    /// Handles `first` and every event already waiting behind it, then prints the online list
+    /// once if anyone came or went. While peers arrive faster than the list prints (a reconnect
+    /// storm), the batches grow instead of the list being printed once per arrival.
+    async fn batch(&mut self, first: ServerEvent, events: &mut ServerEvents) -> io::Result<()> {
+        let mut changed = self.event(first).await?;
+        while let Some(event) = events.try_next() {
+            changed |= self.event(event).await?;
+        }
+        if changed {
+            let peers = self.server.online().await;
+            self.out.online_list(&peers, Instant::now())?;
+        }
+        Ok(())
+    }
+
+    /// Prints `event` and echoes messages; returns whether the online list changed.
+    async fn event(&mut self, event: ServerEvent) -> io::Result<bool> {
         self.out.event(&event)?;
         match event {
-            ServerEvent::PeerOnline { .. } | ServerEvent::PeerOffline { .. } => {
-                let peers = self.server.online().await;
-                self.out.online_list(&peers, Instant::now())?;
-            }
+            ServerEvent::PeerOnline { .. } | ServerEvent::PeerOffline { .. } => return Ok(true),
             ServerEvent::Message { peer, payload } => {
                 if self.echo {
                     if let Err(error) = self.server.send(&peer, payload).await {
@@ -109,7 +121,7 @@ impl Console {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 

@@ -1,8 +1,11 @@
 //! The harness of pulsewire's end-to-end tests: build and run the real binaries, speak to them
 //! over real sockets, and wait for what they report, always with a deadline.
 
+pub mod crowd;
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -175,8 +178,17 @@ pub struct DemoServer {
 impl DemoServer {
     /// Starts the demo server on `listen` with extra arguments, and waits until it listens.
     pub fn start(listen: &str, args: &[&str]) -> anyhow::Result<DemoServer> {
+        DemoServer::start_logging(listen, args, None)
+    }
+
+    /// Like [`DemoServer::start`], with its logs filtered by `RUST_LOG=<filter>` (`"error"`
+    /// keeps a test that makes a thousand bad connections readable).
+    pub fn start_logging(listen: &str, args: &[&str], filter: Option<&str>) -> anyhow::Result<DemoServer> {
         let mut command = Command::new(demo_server_bin());
         command.args(["--json", "--listen", listen]).args(args);
+        if let Some(filter) = filter {
+            command.env("RUST_LOG", filter);
+        }
         let mut process = Process::spawn(command)?;
         let line = process.wait_for(Duration::from_secs(30), |line| line.event() == "listening")?;
         let addr = line.str("addr").parse().context("listening address")?;
@@ -232,6 +244,35 @@ pub async fn next_event(
     }
 }
 
+/// Waits up to `limit` for an item of `stream` matching `pred` (a server's events, say);
+/// returns it with when it came, and every item before it.
+pub async fn next_in<S>(
+    stream: &mut S,
+    limit: Duration,
+    mut pred: impl FnMut(&S::Item) -> bool,
+) -> anyhow::Result<(S::Item, Instant, Vec<S::Item>)>
+where
+    S: futures::Stream + Unpin,
+    S::Item: std::fmt::Debug,
+{
+    let mut before = Vec::new();
+    let found = within(limit, async {
+        while let Some(item) = stream.next().await {
+            if pred(&item) {
+                return Some((item, Instant::now()));
+            }
+            before.push(item);
+        }
+        None
+    })
+    .await;
+    match found {
+        Some(Some((item, at))) => Ok((item, at, before)),
+        Some(None) => bail!("stream ended; items seen: {before:#?}"),
+        None => bail!("no matching item within {limit:?}; items seen: {before:#?}"),
+    }
+}
+
 /// A raw protocol peer for speaking (and misspeaking) the protocol by hand.
 #[derive(Debug)]
 pub struct RawPeer {
@@ -242,10 +283,31 @@ pub struct RawPeer {
 impl RawPeer {
     /// Connects.
     pub fn connect(addr: SocketAddr) -> anyhow::Result<RawPeer> {
-        let stream = TcpStream::connect(addr)?;
+        RawPeer::wrap(TcpStream::connect(addr)?)
+    }
+
+    /// Connects from the loopback address `source` (any of 127.0.0.0/8), to tell peers apart by
+    /// address on one machine.
+    pub fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> anyhow::Result<RawPeer> {
+        use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        use std::os::fd::AsRawFd;
+        let SocketAddr::V4(addr) = addr else { bail!("{addr} is not an IPv4 address") };
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(source, 0)))?;
+        connect(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+        RawPeer::wrap(TcpStream::from(fd))
+    }
+
+    fn wrap(stream: TcpStream) -> anyhow::Result<RawPeer> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(RawPeer { stream, reader })
+    }
+
+    /// Sets how long a read may wait (10 s unless changed).
+    pub fn set_read_timeout(&self, limit: Duration) -> anyhow::Result<()> {
+        self.stream.set_read_timeout(Some(limit))?;
+        Ok(())
     }
 
     /// Connects and completes the handshake as `id`; returns the `WELCOME` line.
@@ -257,6 +319,12 @@ impl RawPeer {
             bail!("expected WELCOME, got {welcome:?}");
         }
         Ok((peer, welcome))
+    }
+
+    /// Another handle on the same socket, to write from a thread of its own while this one
+    /// reads.
+    pub fn try_clone_stream(&self) -> anyhow::Result<TcpStream> {
+        Ok(self.stream.try_clone()?)
     }
 
     /// Writes raw bytes.
@@ -294,4 +362,106 @@ impl RawPeer {
 /// How many file descriptors this process has open.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(0)
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).ok_or_else(|| anyhow!("no VmRSS"))?;
+    let kib = line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad VmRSS line {line:?}"))?;
+    Ok(kib.parse()?)
+}
+
+/// Reports a test that cannot run here as skipped, on the terminal even when cargo captures the
+/// test's output (`SKIPPED: <test>: <why>`), and returns `Ok` for the test to return at once.
+/// With `PULSEWIRE_REQUIRE_NETNS=1` in the environment (CI sets it) the missing capability is
+/// an error instead, so that a machine that should run the test never passes it silently.
+pub fn skip(test: &str, why: anyhow::Error) -> anyhow::Result<()> {
+    if std::env::var_os("PULSEWIRE_REQUIRE_NETNS").is_some_and(|v| v != "0") {
+        return Err(why.context(format!("{test} cannot run, and PULSEWIRE_REQUIRE_NETNS is set")));
+    }
+    // Straight to the file descriptor: `eprintln!` would be captured and shown only on failure.
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {test}: {why:#}");
+    Ok(())
+}
+
+/// Polls `probe` every 10 ms until it returns `Some`, for at most `limit`. For counters that
+/// have no event to wait on (task counts, `/proc`); everything else waits on events.
+pub fn poll_until<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // A bounded poll of a counter: no event exists to wait on.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The least, the median and the greatest of some durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    /// The least.
+    pub min: Duration,
+    /// The median.
+    pub median: Duration,
+    /// The greatest.
+    pub max: Duration,
+}
+
+impl Spread {
+    /// The spread of `durations`; `None` when there are none.
+    pub fn of(durations: &[Duration]) -> Option<Spread> {
+        let mut sorted = durations.to_vec();
+        sorted.sort();
+        Some(Spread { min: *sorted.first()?, median: sorted[sorted.len() / 2], max: *sorted.last()? })
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "min {:?} / median {:?} / max {:?}", self.min, self.median, self.max)
+    }
+}
+
+/// The most of `times` that fall within any one window of `width`.
+pub fn most_in_one_window(times: &[Duration], width: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= width {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_window_is_found() {
+        let ms = |v: &[u64]| v.iter().map(|&n| Duration::from_millis(n)).collect::<Vec<_>>();
+        assert_eq!(most_in_one_window(&ms(&[]), Duration::from_millis(10)), 0);
+        assert_eq!(most_in_one_window(&ms(&[5, 5, 5]), Duration::from_millis(10)), 3);
+        assert_eq!(most_in_one_window(&ms(&[0, 10, 20]), Duration::from_millis(10)), 1);
+        assert_eq!(most_in_one_window(&ms(&[30, 0, 9, 31, 39, 12]), Duration::from_millis(10)), 3);
+    }
+
+    #[test]
+    fn spread_reads_min_median_and_max() {
+        let spread = Spread::of(&[3, 1, 2].map(Duration::from_secs)).unwrap();
+        assert_eq!(
+            (spread.min, spread.median, spread.max),
+            (Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3))
+        );
+        assert_eq!(Spread::of(&[]), None);
+    }
 }

@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::FusedFuture;
 use futures::future::{self, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{pin_mut, select_biased, FutureExt};
 
 use super::event::is_fatal_code;
+use super::ledger::Ledger;
 use super::{lock, ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, Link, Phase};
-use super::{ProtocolViolation, Shared};
+use super::{Probe, ProtocolViolation, Shared, TaskCount};
 use crate::core::{BackoffSchedule, Cadence, FirstAttempt, MissCounter, Tick};
 use crate::protocol::{Decoder, ErrorCode, Frame, SessionId, PROTOCOL_VERSION};
 use crate::rt::{self, TcpStream};
@@ -41,6 +43,7 @@ pub(super) async fn run(
     close: async_channel::Receiver<()>,
     done: async_channel::Sender<()>,
 ) {
+    let task = shared.tasks.enter();
     let emit = Emit(events);
     let mut schedule = BackoffSchedule::new(config.reconnect.clone(), fastrand::u64(..));
     schedule.reset(Instant::now(), FirstAttempt::Immediate);
@@ -93,6 +96,8 @@ pub(super) async fn run(
     };
     shared.set(Phase::Closed(reason.clone()));
     emit.send(Event::Closed { reason });
+    // Counted out before `close()` hears that the driver is done.
+    drop(task);
     drop(done);
 }
 
@@ -195,23 +200,26 @@ async fn session(
     let (control_tx, control_rx) = async_channel::bounded(CONTROL_QUEUE);
     let (data_tx, data_rx) = async_channel::bounded(config.send_queue);
     let (finish_tx, finish_rx) = async_channel::bounded(1);
+    // The responder rings this whenever an answer confirmed messages; a closing writer waits on it.
+    let (confirmed_tx, confirmed_rx) = async_channel::bounded(1);
     let link = Arc::new(Link {
         session,
         misses: MissCounter::new(max_missed),
         control: control_tx,
         data: data_tx,
-        probes: Mutex::default(),
+        ledger: Mutex::default(),
     });
     // Online before the application hears of it, so that a send right after `Connected` works.
     shared.set(Phase::Online(link.clone()));
     emit.send(Event::Connected { session: link.session.clone(), interval, max_missed: link.misses.max_missed() });
     let healthy = AtomicBool::new(false);
     let (first_pulse_tx, first_pulse) = async_channel::bounded(1);
-    let in_flight = Mutex::new(Vec::new());
+    let tasks = &shared.tasks;
 
-    let responder = responder(&stream, decoder, &link, emit, &healthy, &first_pulse_tx).fuse();
-    let checker = checker(&link.misses, interval, emit, &first_pulse).fuse();
-    let writer = writer(&stream, &control_rx, &data_rx, &finish_rx, &in_flight).fuse();
+    let responder = responder(&stream, decoder, &link, emit, &healthy, &first_pulse_tx, &confirmed_tx, tasks).fuse();
+    let checker = checker(&link.misses, interval, emit, &first_pulse, tasks).fuse();
+    let queues = WriterQueues { control: &control_rx, data: &data_rx, finish: &finish_rx, confirmed: &confirmed_rx };
+    let writer = writer(&stream, queues, &link.ledger, tasks).fuse();
     let closed = close.recv().fuse();
     pin_mut!(responder, checker, writer, closed);
     let (reason, writer_done) = select_biased! {
@@ -233,16 +241,30 @@ async fn session(
             }
             _ => Finish::Farewell(None),
         };
+        // A closing writer waits for the server to confirm what it flushed, so the responder
+        // keeps reading meanwhile; it stops waiting if the connection ends under it.
+        let confirming = matches!(finish, Finish::Flush) && !responder.is_terminated();
         // The writer picks this up as soon as its current write is done; a writer stuck on a
         // dead socket is abandoned after the close timeout.
         let _ = finish_tx.try_send(finish);
-        let _ = rt::timeout(config.close_timeout, writer).await;
+        let farewell = async {
+            if confirming {
+                select_biased! {
+                    _ = writer => {},
+                    _ = responder => {},
+                }
+            } else {
+                writer.await;
+            }
+        };
+        let _ = rt::timeout(config.close_timeout, farewell).await;
     }
     rt::shutdown(&stream);
 
-    // Hand back every message that was not written.
+    // Hand back every message the server did not confirm, in the order they were sent.
     data_rx.close();
-    let mut unsent = std::mem::take(&mut *lock(&in_flight));
+    let mut ledger = lock(&link.ledger);
+    let mut unsent = ledger.unconfirmed();
     while let Ok(payload) = data_rx.try_recv() {
         unsent.push(payload);
     }
@@ -250,12 +272,14 @@ async fn session(
         emit.send(Event::Undelivered(payload));
     }
     // Probes still waiting fail with `Disconnected`.
-    lock(&link.probes).waiting.clear();
+    ledger.clear_probes();
     Outcome { reason, healthy: healthy.load(Ordering::Relaxed) }
 }
 
 /// The responder: reads frames, answers each `PULSE` with `ALIVE` at once, resets the miss
-/// counter on every frame, and delivers messages.
+/// counter on every frame, delivers messages, and settles the client's own pulses (probe round
+/// trips, message confirmations).
+#[allow(clippy::too_many_arguments)]
 async fn responder(
     stream: &TcpStream,
     mut decoder: Decoder,
@@ -263,7 +287,10 @@ async fn responder(
     emit: &Emit,
     healthy: &AtomicBool,
     first_pulse: &async_channel::Sender<Instant>,
+    confirmed: &async_channel::Sender<()>,
+    tasks: &TaskCount,
 ) -> DisconnectReason {
+    let _task = tasks.enter();
     let mut socket = stream;
     loop {
         loop {
@@ -283,8 +310,13 @@ async fn responder(
                     emit.send(Event::Pulse { seq, misses_reset: forgiven });
                 }
                 Frame::Alive { seq } => {
-                    if let Some((sent, answer)) = lock(&link.probes).waiting.remove(&seq) {
+                    let (probe, confirmed_now) = lock(&link.ledger).alive(seq);
+                    if let Some((sent, answer)) = probe {
                         let _ = answer.send(sent.elapsed());
+                    }
+                    if confirmed_now > 0 {
+                        // A full channel already holds a ring: the writer looks at the ledger.
+                        let _ = confirmed.try_send(());
                     }
                 }
                 Frame::Data(payload) => emit.send(Event::Message(payload)),
@@ -311,7 +343,9 @@ async fn checker(
     interval: Duration,
     emit: &Emit,
     first_pulse: &async_channel::Receiver<Instant>,
+    tasks: &TaskCount,
 ) -> DisconnectReason {
+    let _task = tasks.enter();
     let mut cadence = Cadence::new(Instant::now(), interval);
     let mut timer = rt::Timer::at(cadence.next_deadline());
     let mut aligned = false;
@@ -344,58 +378,131 @@ async fn checker(
     }
 }
 
+/// What the writer reads from.
+struct WriterQueues<'a> {
+    /// `ALIVE` answers and probes.
+    control: &'a async_channel::Receiver<Frame>,
+    /// The application's messages.
+    data: &'a async_channel::Receiver<Bytes>,
+    /// How to finish, once the connection is over or the application closes.
+    finish: &'a async_channel::Receiver<Finish>,
+    /// Rings when an answer confirmed messages.
+    confirmed: &'a async_channel::Receiver<()>,
+}
+
 /// The writer: one task owns the socket's write side, so frames never interleave. Control
-/// frames (`ALIVE`, probes) go before queued messages; whatever is ready is written at once.
+/// frames (`ALIVE`, probes) go before queued messages; whatever is ready is written at once, and
+/// a batch that holds messages ends with a `PULSE` of the client's own whose answer confirms
+/// them (see the ledger).
 async fn writer(
     stream: &TcpStream,
-    control: &async_channel::Receiver<Frame>,
-    data: &async_channel::Receiver<Bytes>,
-    finish: &async_channel::Receiver<Finish>,
-    in_flight: &Mutex<Vec<Bytes>>,
+    queues: WriterQueues<'_>,
+    ledger: &Mutex<Ledger<Probe>>,
+    tasks: &TaskCount,
 ) -> DisconnectReason {
-    let mut socket = stream;
-    let mut buf = BytesMut::new();
-    let take = |payload: Bytes, buf: &mut BytesMut| {
-        Frame::Data(payload.clone()).encode(buf);
-        lock(in_flight).push(payload);
-    };
-    loop {
-        let mut finishing = None;
-        select_biased! {
-            frame = control.recv().fuse() => match frame {
-                Ok(frame) => frame.encode(&mut buf),
-                Err(_) => finishing = Some(Finish::Farewell(None)),
-            },
-            how = finish.recv().fuse() => finishing = Some(how.unwrap_or(Finish::Farewell(None))),
-            payload = data.recv().fuse() => match payload {
-                Ok(payload) => take(payload, &mut buf),
-                Err(_) => finishing = Some(Finish::Farewell(None)),
-            },
+    let _task = tasks.enter();
+    let mut writer = Writer { socket: stream, queues, ledger, buf: BytesMut::new() };
+    match writer.run().await {
+        Ok(()) => DisconnectReason::ClosedByApplication,
+        Err(error) => DisconnectReason::from_io(&error),
+    }
+}
+
+struct Writer<'a> {
+    socket: &'a TcpStream,
+    queues: WriterQueues<'a>,
+    ledger: &'a Mutex<Ledger<Probe>>,
+    /// The batch being put together.
+    buf: BytesMut,
+}
+
+impl Writer<'_> {
+    /// Writes until told to finish, then finishes as told.
+    async fn run(&mut self) -> std::io::Result<()> {
+        let farewell = loop {
+            select_biased! {
+                frame = self.queues.control.recv().fuse() => match frame {
+                    Ok(frame) => frame.encode(&mut self.buf),
+                    Err(_) => break None,
+                },
+                how = self.queues.finish.recv().fuse() => match how {
+                    Ok(Finish::Flush) => return self.flush().await,
+                    Ok(Finish::Farewell(frame)) => break frame,
+                    Err(_) => break None,
+                },
+                payload = self.queues.data.recv().fuse() => match payload {
+                    Ok(payload) => self.take(payload),
+                    Err(_) => break None,
+                },
+            }
+            self.gather();
+            self.write_batch().await?;
+        };
+        // The connection is over: a last word, if any, and nothing more.
+        if let Some(frame) = farewell {
+            frame.encode(&mut self.buf);
         }
-        let flush_all = matches!(finishing, Some(Finish::Flush));
-        while flush_all || (finishing.is_none() && buf.len() < BATCH_BYTES) {
-            if let Ok(frame) = control.try_recv() {
-                frame.encode(&mut buf);
-            } else if let Ok(payload) = data.try_recv() {
-                take(payload, &mut buf);
+        self.write_batch().await
+    }
+
+    /// A message goes into the batch; the ledger keeps it until the server confirms it.
+    fn take(&mut self, payload: Bytes) {
+        Frame::Data(payload.clone()).encode(&mut self.buf);
+        lock(self.ledger).take(payload);
+    }
+
+    /// Adds whatever else is ready to the batch, up to its size.
+    fn gather(&mut self) {
+        while self.buf.len() < BATCH_BYTES {
+            if let Ok(frame) = self.queues.control.try_recv() {
+                frame.encode(&mut self.buf);
+            } else if let Ok(payload) = self.queues.data.try_recv() {
+                self.take(payload);
             } else {
                 break;
             }
         }
-        match &finishing {
-            Some(Finish::Flush) => Frame::bye("quit").encode(&mut buf),
-            Some(Finish::Farewell(Some(frame))) => frame.encode(&mut buf),
-            _ => {}
+    }
+
+    /// Seals the batch (a `PULSE` after its messages, if it has any) and writes it.
+    async fn write_batch(&mut self) -> std::io::Result<()> {
+        if let Some(seq) = lock(self.ledger).seal() {
+            Frame::Pulse { seq }.encode(&mut self.buf);
         }
-        if !buf.is_empty() {
-            if let Err(error) = socket.write_all(&buf).await {
-                return DisconnectReason::from_io(&error);
+        if !self.buf.is_empty() {
+            let mut socket = self.socket;
+            socket.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// The application closes: writes every queued message, waits until the server confirmed
+    /// them all, then says `BYE quit`. The caller bounds the whole by the close timeout.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        loop {
+            self.gather();
+            if self.buf.is_empty() {
+                break;
             }
-            buf.clear();
-            lock(in_flight).clear();
+            self.write_batch().await?;
         }
-        if finishing.is_some() {
-            return DisconnectReason::ClosedByApplication;
+        // The responder keeps answering the server's pulses meanwhile: write its answers too.
+        while !lock(self.ledger).is_settled() {
+            select_biased! {
+                rang = self.queues.confirmed.recv().fuse() => if rang.is_err() {
+                    break;
+                },
+                frame = self.queues.control.recv().fuse() => match frame {
+                    Ok(frame) => {
+                        frame.encode(&mut self.buf);
+                        self.write_batch().await?;
+                    }
+                    Err(_) => break,
+                },
+            }
         }
+        Frame::bye("quit").encode(&mut self.buf);
+        self.write_batch().await
     }
 }

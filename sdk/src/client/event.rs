@@ -57,8 +57,14 @@ pub enum Event {
     },
     /// A message from the server.
     Message(Bytes),
-    /// A message that was accepted by [`Client::send`](crate::Client::send) but not written
-    /// before its connection ended: it was not delivered, and is handed back.
+    /// A message that was accepted by [`Client::send`](crate::Client::send) but that the
+    /// server had not confirmed when its connection ended, handed back in the order sent.
+    ///
+    /// The client follows the messages it writes with a pulse of its own, and a server of this
+    /// SDK answers that pulse only once its application has the messages before it: a message
+    /// not handed back was delivered. One handed back was most likely not; it may still have
+    /// reached the server if the connection died between the delivery and the confirmation, so
+    /// an application that sends it again gets it delivered at least once.
     Undelivered(Bytes),
     /// The client stopped for good; this is the last event.
     Closed {

@@ -4,11 +4,12 @@
 mod config;
 mod driver;
 mod event;
+mod ledger;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use futures::Stream;
 
 use crate::core::MissCounter;
 use crate::protocol::{Frame, SessionId};
+use ledger::Ledger;
 
 pub(crate) use config::validate_payload;
 pub use config::{ClientConfig, ClientConfigBuilder, ConfigError, MAX_PAYLOAD_LIMIT};
@@ -26,9 +28,6 @@ pub use event::{
     CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, ProbeError, ProtocolViolation, SendError,
     State,
 };
-
-/// How many probes may wait for their answer at once.
-const MAX_PROBES: usize = 64;
 
 /// The application's handle to a client connection. Cheap to clone; every clone controls the
 /// same connection.
@@ -105,7 +104,7 @@ impl Client {
     /// ```
     pub fn new(config: ClientConfig) -> (Client, Events, Driver) {
         let config = Arc::new(config);
-        let shared = Arc::new(Shared { phase: Mutex::new(Phase::Offline) });
+        let shared = Arc::new(Shared { phase: Mutex::new(Phase::Offline), tasks: TaskCount::default() });
         let (close_tx, close_rx) = async_channel::bounded(1);
         let (done_tx, done_rx) = async_channel::bounded(1);
         let (event_tx, event_rx) = async_channel::unbounded();
@@ -135,8 +134,9 @@ impl Client {
     /// Queues a message for the server without waiting.
     ///
     /// Messages are only accepted while online; see [`SendError`] for every refusal, each of
-    /// which hands the payload back. A message accepted here is either written to the
-    /// connection or returned in [`Event::Undelivered`] when the connection ends first.
+    /// which hands the payload back. A message accepted here is either confirmed by the server
+    /// (its application has it) or handed back in [`Event::Undelivered`] when the connection
+    /// ends first: nothing accepted is lost without a word.
     pub fn try_send(&self, payload: impl Into<Bytes>) -> Result<(), SendError> {
         let link = self.link_for(payload.into())?;
         let (link, payload) = link;
@@ -179,31 +179,44 @@ impl Client {
             _ => return Err(ProbeError::Offline),
         };
         let (answer_tx, answer_rx) = oneshot::channel();
-        let seq = {
-            let mut probes = lock(&link.probes);
-            if probes.waiting.len() >= MAX_PROBES {
-                return Err(ProbeError::TooMany);
-            }
-            probes.next_seq += 1;
-            let seq = probes.next_seq;
-            probes.waiting.insert(seq, (Instant::now(), answer_tx));
-            seq
-        };
+        let seq = lock(&link.ledger).probe((Instant::now(), answer_tx)).ok_or(ProbeError::TooMany)?;
         if link.control.send(Frame::Pulse { seq }).await.is_err() {
-            lock(&link.probes).waiting.remove(&seq);
+            lock(&link.ledger).forget_probe(seq);
             return Err(ProbeError::Disconnected);
         }
         answer_rx.await.map_err(|_| ProbeError::Disconnected)
     }
 
-    /// Closes the client: queued messages are flushed, `BYE quit` is sent, the connection and
-    /// every task end, and [`Event::Closed`] is the last event. Returns once the driver has
+    /// Closes the client: queued messages are flushed and their confirmation awaited, `BYE
+    /// quit` is sent, the connection and every task end, and [`Event::Closed`] is the last
+    /// event. All of that takes at most the close timeout: messages the server has not
+    /// confirmed by then come back as [`Event::Undelivered`]. Returns once the driver has
     /// finished, or after the close timeout plus a second if the driver is stuck or never ran.
     pub async fn close(&self) {
         self.inner.close.close();
         let bound = self.inner.config.close_timeout + Duration::from_secs(1);
         // `recv` fails once the driver dropped its end: that is the signal, not an error.
         let _ = crate::rt::timeout(bound, self.inner.done.recv()).await;
+    }
+
+    /// How many of the client's tasks are running: the reconnector while the driver runs, and
+    /// while a connection is up its responder, checker and writer. 0 once the driver has
+    /// finished ([`Client::close`] returned, or the client gave up or was refused), and also
+    /// before it first ran. Every timer and socket of the client belongs to one of them, so 0
+    /// means none is left.
+    ///
+    /// ```
+    /// use pulsewire::{Client, ClientConfig};
+    ///
+    /// futures::executor::block_on(async {
+    ///     let config = ClientConfig::builder("127.0.0.1:9", "desk-42").build().unwrap();
+    ///     let (client, _events) = Client::start(config);
+    ///     client.close().await;
+    ///     assert_eq!(client.live_tasks(), 0);
+    /// });
+    /// ```
+    pub fn live_tasks(&self) -> usize {
+        self.inner.shared.tasks.live()
     }
 
     /// Whether the client has stopped for good (after [`Client::close`], a give-up or a
@@ -259,6 +272,32 @@ impl Stream for Events {
 /// What the handle and the driver share.
 pub(crate) struct Shared {
     phase: Mutex<Phase>,
+    tasks: TaskCount,
+}
+
+/// Counts the client's running tasks (futures inside the driver): each holds a [`TaskGuard`].
+#[derive(Debug, Default)]
+pub(crate) struct TaskCount(Arc<AtomicUsize>);
+
+/// Held by a running task; dropping it (the task ended or was dropped) counts it out.
+#[derive(Debug)]
+pub(crate) struct TaskGuard(Arc<AtomicUsize>);
+
+impl TaskCount {
+    pub(crate) fn enter(&self) -> TaskGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(self.0.clone())
+    }
+
+    fn live(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -285,14 +324,12 @@ pub(crate) struct Link {
     misses: MissCounter,
     control: async_channel::Sender<Frame>,
     data: async_channel::Sender<Bytes>,
-    probes: Mutex<Probes>,
+    /// Probes waiting for their answer, messages waiting for their confirmation.
+    ledger: Mutex<Ledger<Probe>>,
 }
 
-#[derive(Default)]
-struct Probes {
-    next_seq: u64,
-    waiting: HashMap<u64, (Instant, oneshot::Sender<Duration>)>,
-}
+/// A waiting probe: when its pulse was queued, and where its round trip goes.
+pub(crate) type Probe = (Instant, oneshot::Sender<Duration>);
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
 /// section here is a plain assignment or map update).

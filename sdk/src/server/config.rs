@@ -17,11 +17,20 @@ pub struct ServerConfig {
     pub(crate) outbound_queue: usize,
     pub(crate) write_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) max_peers: usize,
+    pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) max_handshakes: usize,
 }
+
+/// The default of [`ServerConfigBuilder::max_peers`].
+pub(crate) const DEFAULT_MAX_PEERS: usize = 10_000;
+/// The default of [`ServerConfigBuilder::max_handshakes`].
+pub(crate) const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 
 impl ServerConfig {
     /// Starts a configuration with every default: listen on `127.0.0.1:7878`, pulse every
-    /// second, evict after 3 missed pulses, accept payloads of up to 1 MiB.
+    /// second, evict after 3 missed pulses, accept payloads of up to 1 MiB, hold at most 10 000
+    /// peers and 1024 handshakes in flight, with no limit per address.
     ///
     /// ```
     /// use std::time::Duration;
@@ -49,6 +58,9 @@ impl ServerConfig {
                 outbound_queue: 64,
                 write_timeout: Duration::from_secs(5),
                 shutdown_grace: Duration::from_millis(500),
+                max_peers: DEFAULT_MAX_PEERS,
+                max_connections_per_ip: None,
+                max_handshakes: DEFAULT_MAX_HANDSHAKES,
             },
         }
     }
@@ -71,6 +83,21 @@ impl ServerConfig {
     /// The largest `DATA` payload accepted from a peer.
     pub fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    /// The most peers that may be online at once.
+    pub fn max_peers(&self) -> usize {
+        self.max_peers
+    }
+
+    /// The most connections one IP address may hold, if limited.
+    pub fn max_connections_per_ip(&self) -> Option<usize> {
+        self.max_connections_per_ip
+    }
+
+    /// The most connections that may be in their handshake at once.
+    pub fn max_handshakes(&self) -> usize {
+        self.max_handshakes
     }
 }
 
@@ -133,6 +160,51 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// The most peers that may be online at once (default 10 000, at least 1). A `HELLO` that
+    /// would take the online list past it is answered `ERROR full` and closed; the SDK client
+    /// takes that as a reason to back off and try again. A `HELLO` whose id is already online
+    /// is never refused for this reason: it replaces the old connection, and the count stays.
+    ///
+    /// ```
+    /// use pulsewire::ServerConfig;
+    ///
+    /// let config = ServerConfig::builder().max_peers(500).build().unwrap();
+    /// assert_eq!(config.max_peers(), 500);
+    /// assert!(ServerConfig::builder().max_peers(0).build().is_err());
+    /// ```
+    pub fn max_peers(mut self, peers: usize) -> Self {
+        self.config.max_peers = peers;
+        self
+    }
+
+    /// The most connections one IP address may hold at once, in their handshake or online
+    /// (default: no limit, at least 1 when set). A connection beyond it is answered
+    /// `ERROR full too many connections from <ip> (limit <n>)` and closed before its `HELLO` is
+    /// read. Keep it generous: many desktops behind one NAT share an address.
+    ///
+    /// ```
+    /// use pulsewire::ServerConfig;
+    ///
+    /// let config = ServerConfig::builder().max_connections_per_ip(16).build().unwrap();
+    /// assert_eq!(config.max_connections_per_ip(), Some(16));
+    /// assert_eq!(ServerConfig::builder().build().unwrap().max_connections_per_ip(), None);
+    /// ```
+    pub fn max_connections_per_ip(mut self, connections: usize) -> Self {
+        self.config.max_connections_per_ip = Some(connections);
+        self
+    }
+
+    /// The most connections that may be in their handshake at once: accepted, `HELLO` not
+    /// answered yet (default 1024, at least 1). A connection beyond it is answered
+    /// `ERROR full too many handshakes in flight (limit <n>)` and closed, so that peers that
+    /// connect and never speak (slowloris) hold at most this many connections, each for at most
+    /// the handshake timeout. At most as many refusals are under way at once; beyond that a new
+    /// connection is closed without a word.
+    pub fn max_handshakes(mut self, handshakes: usize) -> Self {
+        self.config.max_handshakes = handshakes;
+        self
+    }
+
     /// Validates everything and returns the configuration.
     pub fn build(self) -> Result<ServerConfig, ConfigError> {
         let config = self.config;
@@ -145,6 +217,15 @@ impl ServerConfigBuilder {
         }
         if config.max_missed == 0 {
             return Err(ConfigError::ZeroCount("max missed"));
+        }
+        if config.max_peers == 0 {
+            return Err(ConfigError::ZeroCount("max peers"));
+        }
+        if config.max_connections_per_ip == Some(0) {
+            return Err(ConfigError::ZeroCount("max connections per ip"));
+        }
+        if config.max_handshakes == 0 {
+            return Err(ConfigError::ZeroCount("max handshakes"));
         }
         if config.outbound_queue < 2 {
             return Err(ConfigError::OutOfRange { name: "outbound queue", expected: "at least 2 frames" });
@@ -177,11 +258,24 @@ mod tests {
             (ServerConfig::builder().outbound_queue(1).build(), "outbound queue"),
             (ServerConfig::builder().handshake_timeout(Duration::ZERO).build(), "handshake timeout"),
             (ServerConfig::builder().max_payload(0).build(), "max payload"),
+            (ServerConfig::builder().max_peers(0).build(), "max peers must be at least 1"),
+            (ServerConfig::builder().max_connections_per_ip(0).build(), "max connections per ip must be at least 1"),
+            (ServerConfig::builder().max_handshakes(0).build(), "max handshakes must be at least 1"),
         ];
         for (result, expected) in cases {
             let message = result.unwrap_err().to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
         }
         assert!(ServerConfig::builder().build().is_ok());
+    }
+
+    #[test]
+    fn limits_have_documented_defaults_and_can_be_set() {
+        let defaults = ServerConfig::builder().build().unwrap();
+        assert_eq!(defaults.max_peers(), DEFAULT_MAX_PEERS);
+        assert_eq!(defaults.max_connections_per_ip(), None);
+        assert_eq!(defaults.max_handshakes(), DEFAULT_MAX_HANDSHAKES);
+        let set = ServerConfig::builder().max_peers(1).max_connections_per_ip(1).max_handshakes(1).build().unwrap();
+        assert_eq!((set.max_peers(), set.max_connections_per_ip(), set.max_handshakes()), (1, Some(1), 1));
     }
 }

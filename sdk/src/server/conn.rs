@@ -10,6 +10,7 @@ use futures::channel::oneshot;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{select_biased, FutureExt};
 
+use super::admission::{Admitted, Gate, Slot};
 use super::hub::HubMsg;
 use super::{unless, OfflineReason, ServerConfig, Tracker, LINGER};
 use crate::client::ProtocolViolation;
@@ -32,6 +33,8 @@ pub(super) struct Context {
     pub(super) halt: async_channel::Receiver<()>,
     pub(super) tracker: Tracker,
     pub(super) keys: AtomicU64,
+    /// The connection limits: the accept loop admits, each connection's slot releases.
+    pub(super) gate: Gate,
 }
 
 pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
@@ -45,17 +48,39 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
                     tracing::debug!(%addr, %error, "accepted socket unusable");
                     continue;
                 }
-                let key = ctx.keys.fetch_add(1, Ordering::Relaxed) + 1;
                 let guard = ctx.tracker.guard();
-                let ctx = ctx.clone();
-                rt::spawn(async move {
-                    if unless(&ctx.halt, serve(&stream, addr, key, &ctx)).await.is_none() {
+                match ctx.gate.admit(addr.ip()) {
+                    Admitted::Handshake(mut slot) => {
+                        let key = ctx.keys.fetch_add(1, Ordering::Relaxed) + 1;
+                        let ctx = ctx.clone();
+                        rt::spawn(async move {
+                            if unless(&ctx.halt, serve(&stream, addr, key, &mut slot, &ctx)).await.is_none() {
+                                rt::shutdown(&stream);
+                            }
+                            // The socket and its place in the limits are released before the
+                            // task counts as finished.
+                            drop(stream);
+                            drop(slot);
+                            drop(guard);
+                        });
+                    }
+                    Admitted::Refused(slot, refusal) => {
+                        let halt = ctx.halt.clone();
+                        rt::spawn(async move {
+                            let error = Frame::error(ErrorCode::Full, refusal.to_string());
+                            if unless(&halt, reject(&stream, addr, error)).await.is_none() {
+                                rt::shutdown(&stream);
+                            }
+                            drop(stream);
+                            drop(slot);
+                            drop(guard);
+                        });
+                    }
+                    Admitted::Dropped => {
+                        tracing::debug!(%addr, "connection closed at once: too many refusals under way");
                         rt::shutdown(&stream);
                     }
-                    // The socket is released before the task counts as finished.
-                    drop(stream);
-                    drop(guard);
-                });
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -69,7 +94,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
 
 /// One connection, from its first byte: the handshake, then the reader loop. The writer runs
 /// as a task of its own from the handshake on, and closes the socket when it is done.
-async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, ctx: &Context) {
+async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, slot: &mut Slot, ctx: &Context) {
     let config = &ctx.config;
     let mut decoder = Decoder::new(config.max_payload);
     let first = unless(&ctx.stop, rt::timeout(config.handshake_timeout, first_frame(stream, &mut decoder))).await;
@@ -123,8 +148,17 @@ async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, ctx: &Context) {
     });
     let (welcomed, joined) = oneshot::channel();
     let join = HubMsg::Join { key, id: client_id, addr, link: link.clone(), welcomed };
-    if ctx.hub.send(join).await.is_err() || joined.await.is_err() {
+    if ctx.hub.send(join).await.is_err() {
         return; // The server is stopping; dropping the queues ends the writer.
+    }
+    let online = joined.await;
+    slot.settle();
+    match online {
+        Ok(true) => {}
+        // The hub refused it (the server is full) and queued the `ERROR` for the writer: let
+        // the peer read it before the connection closes.
+        Ok(false) => return drain(stream).await,
+        Err(_) => return, // The server is stopping.
     }
     if let Some(end) = read_loop(stream, decoder, key, &answers, &ctx.hub).await {
         if let OfflineReason::Protocol(violation) = &end.reason {
@@ -146,7 +180,12 @@ struct ReadEnd {
     peer_may_still_send: bool,
 }
 
-/// Reads frames until the connection ends; `None` when the server is stopping.
+/// Reads frames until the connection ends; `None` when the server is stopping or the peer is
+/// no longer online (the hub has taken it out, and closes its connection).
+///
+/// A `PULSE` from the peer that follows one or more `DATA` frames is answered only once the hub
+/// has handed those messages to the application (a barrier through the hub's queue): the
+/// `ALIVE` then confirms to the client that everything it sent before the pulse was delivered.
 async fn read_loop(
     stream: &TcpStream,
     mut decoder: Decoder,
@@ -156,6 +195,8 @@ async fn read_loop(
 ) -> Option<ReadEnd> {
     let mut socket = stream;
     let ended = |reason| Some(ReadEnd { reason, peer_may_still_send: true });
+    // Whether a message came since the peer's last pulse.
+    let mut unconfirmed_data = false;
     loop {
         loop {
             let frame = match decoder.next_frame() {
@@ -165,14 +206,26 @@ async fn read_loop(
             };
             let msg = match frame {
                 Frame::Pulse { seq } => {
+                    if std::mem::take(&mut unconfirmed_data) {
+                        let (done, delivered) = oneshot::channel();
+                        hub.send(HubMsg::Barrier { key, done }).await.ok()?;
+                        if delivered.await != Ok(true) {
+                            return None;
+                        }
+                    } else {
+                        hub.send(HubMsg::Seen { key }).await.ok()?;
+                    }
                     // Answers have a queue of their own: a flood of probes slows down only the
                     // peer that sends it, and never crowds out the server's pulses. The queue
                     // fails once the writer is gone.
                     answers.send(Frame::Alive { seq }).await.ok()?;
-                    HubMsg::Seen { key }
+                    continue;
                 }
                 Frame::Alive { seq } => HubMsg::Alive { key, seq },
-                Frame::Data(payload) => HubMsg::Data { key, payload },
+                Frame::Data(payload) => {
+                    unconfirmed_data = true;
+                    HubMsg::Data { key, payload }
+                }
                 Frame::Bye { reason } => return ended(OfflineReason::Goodbye { reason }),
                 Frame::Error { code, text } => return ended(OfflineReason::PeerError { code, text }),
                 other @ (Frame::Hello { .. } | Frame::Welcome { .. }) => {
@@ -295,5 +348,67 @@ impl Writer {
         rt::shutdown_write(&self.stream);
         let _ = rt::timeout(LINGER, self.reader_done.recv()).await;
         rt::shutdown(&self.stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which message the hub got, for assertions (`HubMsg` carries channels, not `Debug`).
+    fn kind(msg: &HubMsg) -> &'static str {
+        match msg {
+            HubMsg::Join { .. } => "join",
+            HubMsg::Seen { .. } => "seen",
+            HubMsg::Barrier { .. } => "barrier",
+            HubMsg::Alive { .. } => "alive",
+            HubMsg::Data { .. } => "data",
+            HubMsg::Leave { .. } => "leave",
+            HubMsg::Online { .. } => "online",
+            HubMsg::SendTo { .. } => "send-to",
+            HubMsg::Broadcast { .. } => "broadcast",
+        }
+    }
+
+    #[test]
+    fn a_pulse_after_messages_is_answered_only_once_the_hub_has_handed_them_over() {
+        futures::executor::block_on(async {
+            let listener = rt::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let peer = rt::connect(&addr.to_string()).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let (hub, from_reader) = async_channel::bounded(16);
+            let (answers, answered) = async_channel::bounded(16);
+            let reading = read_loop(&stream, Decoder::new(64), 7, &answers, &hub);
+            let checking = async {
+                let mut peer = &peer;
+                peer.write_all(b"DATA 5\nhelloPULSE 1\n").await.unwrap();
+                let data = from_reader.recv().await.unwrap();
+                assert!(matches!(&data, HubMsg::Data { key: 7, payload } if payload == "hello"), "{}", kind(&data));
+                let HubMsg::Barrier { key: 7, done } = from_reader.recv().await.unwrap() else {
+                    panic!("a pulse after a message goes through the hub first");
+                };
+                assert!(answered.is_empty(), "no answer before the hub has handed the message over");
+                done.send(true).unwrap();
+                assert_eq!(answered.recv().await.unwrap(), Frame::Alive { seq: 1 });
+
+                // A pulse with no message before it is answered without a barrier.
+                peer.write_all(b"PULSE 2\n").await.unwrap();
+                let seen = from_reader.recv().await.unwrap();
+                assert_eq!(kind(&seen), "seen");
+                assert_eq!(answered.recv().await.unwrap(), Frame::Alive { seq: 2 });
+
+                // A peer the hub no longer lists gets no confirmation: the reader stops.
+                peer.write_all(b"DATA 1\nxPULSE 3\n").await.unwrap();
+                assert_eq!(kind(&from_reader.recv().await.unwrap()), "data");
+                let HubMsg::Barrier { done, .. } = from_reader.recv().await.unwrap() else {
+                    panic!("a barrier");
+                };
+                done.send(false).unwrap();
+            };
+            let (end, ()) = futures::join!(reading, checking);
+            assert!(end.is_none(), "the reader stops for a peer that is not online");
+            assert!(answered.try_recv().is_err(), "pulse 3 was not answered");
+        });
     }
 }

@@ -23,16 +23,23 @@ pub(super) type Link = async_channel::Sender<Frame>;
 const BATCH: usize = 256;
 
 pub(super) enum HubMsg {
-    /// A peer completed its handshake; `welcomed` fires once its `WELCOME` is queued.
+    /// A peer completed its handshake; `welcomed` says `true` once its `WELCOME` is queued, or
+    /// `false` when the server is full (the `ERROR full` is queued instead).
     Join {
         key: ConnKey,
         id: ClientId,
         addr: SocketAddr,
         link: Link,
-        welcomed: oneshot::Sender<()>,
+        welcomed: oneshot::Sender<bool>,
     },
     Seen {
         key: ConnKey,
+    },
+    /// A pulse from the peer after messages: `done` says whether the peer is still online once
+    /// every message before it was handed to the application.
+    Barrier {
+        key: ConnKey,
+        done: oneshot::Sender<bool>,
     },
     Alive {
         key: ConnKey,
@@ -132,6 +139,15 @@ impl Hub {
         let now = Instant::now();
         match msg {
             HubMsg::Join { key, id, addr, link, welcomed } => {
+                let max = self.config.max_peers;
+                if self.list.len() >= max && self.list.link(&id).is_none() {
+                    tracing::warn!(peer = %id, %addr, max, "connection refused: the server is full");
+                    let text = format!("the server holds its maximum of {max} peers");
+                    let _ = link.try_send(Frame::error(ErrorCode::Full, text));
+                    link.close();
+                    let _ = welcomed.send(false);
+                    return;
+                }
                 let joined = self.list.join(key, id, addr, link.clone(), now);
                 let welcome = Frame::Welcome {
                     session: joined.session,
@@ -141,7 +157,7 @@ impl Hub {
                 // The queue is new and empty: `WELCOME` is always its first frame, and the
                 // reader answers nothing before it is queued.
                 let _ = link.try_send(welcome);
-                let _ = welcomed.send(());
+                let _ = welcomed.send(true);
                 if let Some(old) = joined.replaced {
                     let _ =
                         old.link.try_send(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
@@ -154,6 +170,11 @@ impl Hub {
             }
             HubMsg::Seen { key } => {
                 self.list.seen(key, now);
+            }
+            HubMsg::Barrier { key, done } => {
+                // Messages are handled in the order they came: the ones before this pulse have
+                // been handed to the application already.
+                let _ = done.send(self.list.seen(key, now));
             }
             HubMsg::Alive { key, seq } => {
                 self.list.alive(key, seq, now);

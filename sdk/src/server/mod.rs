@@ -1,6 +1,7 @@
 //! The server engine: accept loop, handshakes, the online list's owner (the hub, which is also
 //! the one pulse loop), and two tasks per connection (reader and writer).
 
+mod admission;
 mod config;
 mod conn;
 mod hub;
@@ -54,6 +55,7 @@ struct Inner {
     /// Closed when the grace period is over: every connection still open is cut.
     halt: async_channel::Sender<()>,
     tracker: Tracker,
+    gate: admission::Gate,
 }
 
 impl Drop for Inner {
@@ -81,6 +83,8 @@ impl Server {
         let (halt_tx, halt_rx) = async_channel::bounded(1);
         let hub_halt = halt_rx.clone();
         let tracker = Tracker::new();
+        let gate =
+            admission::Gate::new(admission::Admission::new(config.max_connections_per_ip, config.max_handshakes));
         let ctx = Arc::new(conn::Context {
             config: config.clone(),
             hub: hub_tx.clone(),
@@ -88,6 +92,7 @@ impl Server {
             halt: halt_rx,
             tracker: tracker.clone(),
             keys: AtomicU64::new(0),
+            gate: gate.clone(),
         });
         let hub_guard = tracker.guard();
         let hub_config = config.clone();
@@ -101,7 +106,7 @@ impl Server {
             drop(accept_guard);
         });
         tracing::info!(%local_addr, interval = ?config.interval, max_missed = config.max_missed, "listening");
-        let inner = Inner { local_addr, config, hub: hub_tx, stop: stop_tx, halt: halt_tx, tracker };
+        let inner = Inner { local_addr, config, hub: hub_tx, stop: stop_tx, halt: halt_tx, tracker, gate };
         Ok((Server { inner: Arc::new(inner) }, ServerEvents { rx: Box::pin(event_rx) }))
     }
 
@@ -145,8 +150,14 @@ impl Server {
         answer.await.unwrap_or(0)
     }
 
-    /// How many of the server's tasks are running (accept loop, hub, and two per connection):
-    /// 0 once [`Server::shutdown`] returned.
+    /// How many connections are in their handshake right now: accepted, `HELLO` not answered
+    /// yet. Never above [`ServerConfig::max_handshakes`].
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.inner.gate.handshakes()
+    }
+
+    /// How many of the server's tasks are running (accept loop, hub, two per connection, one
+    /// per connection being refused): 0 once [`Server::shutdown`] returned.
     pub fn live_tasks(&self) -> usize {
         self.inner.tracker.live()
     }

@@ -1,0 +1,497 @@
+//! The background worker: owns the embedded server, the fault relay, the main client and the
+//! extra clients, carries out the UI's commands, and reports everything through the [`Feed`].
+//!
+//! The UI only ever *sends* a [`Command`] (which never blocks) and reads the feed. Everything
+//! that waits — binding, shutting down, closing clients, asking the server for its online list
+//! — happens here or on the small threads this module starts:
+//!
+//! - the worker thread: commands, and every 250 ms the online list and the extra clients'
+//!   states (sent only when they changed);
+//! - per main client: one thread forwarding its events, one probing the round trip each second;
+//! - per embedded server: one thread forwarding its events and echoing messages back.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use futures::executor::block_on;
+use futures::StreamExt;
+use pulsewire::{Client, Events, PeerInfo, Server, ServerEvent, ServerEvents, State};
+
+use crate::feed::{ExtraCounts, Feed, Input, ServerStatus};
+use crate::relay::{Blackhole, Relay};
+use crate::settings::{Settings, Target};
+
+/// How often the online list and the extra clients' states are read.
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// How often the main client probes the round trip while online.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the relay points before there is any server (the discard port: nobody listens).
+const NOWHERE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9));
+
+/// What the UI asks the worker to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Start the embedded server (on the port it had before, if it ran before).
+    StartServer,
+    /// Stop it gracefully: every peer gets `BYE shutdown`.
+    StopServer,
+    /// Stop it gracefully and start it again on the same port.
+    RestartServer,
+    /// Kill it: every connection is cut without a word, as a crash would.
+    KillServer,
+    /// Start the main client (closing the one before, if any).
+    Connect,
+    /// Close the main client: it says `BYE` and stops for good.
+    Close,
+    /// Send a text message from the main client.
+    Send(String),
+    /// Black-hole directions of the relay, or restore them.
+    SetBlackhole(Blackhole),
+    /// Cut every connection through the relay: both sides see a close.
+    CutLink,
+    /// Restore everything: the relay forwards both ways, the embedded server runs.
+    RestoreAll,
+    /// Start this many more extra clients against the server.
+    SpawnExtras(usize),
+    /// Close the extra clients.
+    StopExtras,
+    /// Use these settings, restarting what they affect.
+    Apply(Settings),
+}
+
+/// The handle the UI holds. Dropping it closes every client, stops the server and waits for the
+/// worker to finish (a few seconds at most).
+#[derive(Debug)]
+pub struct Backend {
+    commands: Option<Sender<Command>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts the worker: it starts the embedded server and the relay, then connects the main
+    /// client, reporting each step through `feed`.
+    pub fn start(settings: Settings, feed: Feed) -> std::io::Result<Backend> {
+        let (commands, inbox) = mpsc::channel();
+        let worker = thread::Builder::new().name("demo-worker".into()).spawn(move || {
+            let mut worker = Worker::new(settings, feed);
+            worker.boot();
+            worker.run(&inbox);
+            worker.quit();
+        })?;
+        Ok(Backend { commands: Some(commands), worker: Some(worker) })
+    }
+
+    /// Queues a command; never blocks.
+    pub fn send(&self, command: Command) {
+        if let Some(commands) = &self.commands {
+            // Fails only when the worker is gone (it never stops before the handle is dropped).
+            let _ = commands.send(command);
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        drop(self.commands.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Everything the worker owns.
+struct Worker {
+    settings: Settings,
+    feed: Feed,
+    relay: Option<Relay>,
+    server: Option<Server>,
+    /// The embedded server's port, kept across restarts (0 until it first ran).
+    port: u16,
+    client: Option<Client>,
+    generation: u64,
+    extras: Vec<Client>,
+    last_online: Option<Vec<PeerInfo>>,
+    last_extras: ExtraCounts,
+}
+
+impl Worker {
+    fn new(settings: Settings, feed: Feed) -> Worker {
+        Worker {
+            settings,
+            feed,
+            relay: None,
+            server: None,
+            port: 0,
+            client: None,
+            generation: 0,
+            extras: Vec::new(),
+            last_online: None,
+            last_extras: ExtraCounts::default(),
+        }
+    }
+
+    fn boot(&mut self) {
+        if self.settings.target == Target::Embedded {
+            self.start_server();
+        }
+        match Relay::start(NOWHERE) {
+            Ok(relay) => self.relay = Some(relay),
+            Err(error) => self.feed.note(format!("the fault relay could not start ({error}); faults are off")),
+        }
+        self.point_relay();
+        self.report_relay();
+        self.connect();
+    }
+
+    fn run(&mut self, inbox: &Receiver<Command>) {
+        let mut next_poll = Instant::now();
+        loop {
+            match inbox.recv_timeout(next_poll.saturating_duration_since(Instant::now())) {
+                Ok(command) => self.handle(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_poll {
+                self.poll();
+                next_poll = Instant::now() + POLL_EVERY;
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::StartServer => {
+                if self.server.is_none() {
+                    self.start_server();
+                }
+            }
+            Command::StopServer => {
+                if let Some(server) = self.server.take() {
+                    block_on(server.shutdown());
+                    self.feed.send(Input::Server(ServerStatus::Stopped));
+                }
+            }
+            Command::RestartServer => {
+                if let Some(server) = self.server.take() {
+                    block_on(server.shutdown());
+                    self.feed.send(Input::Server(ServerStatus::Stopped));
+                }
+                self.start_server();
+            }
+            Command::KillServer => {
+                if let Some(server) = self.server.take() {
+                    block_on(server.abort());
+                    self.feed.send(Input::Server(ServerStatus::Killed));
+                }
+            }
+            Command::Connect => self.connect(),
+            Command::Close => self.close_client(),
+            Command::Send(text) => self.send(text),
+            Command::SetBlackhole(blackhole) => {
+                if let Some(relay) = &self.relay {
+                    relay.set_blackhole(blackhole);
+                }
+                self.report_relay();
+            }
+            Command::CutLink => {
+                if let Some(relay) = &self.relay {
+                    let cut = relay.cut();
+                    self.feed.note(format!("cut {cut} relayed connection(s): both sides see a close"));
+                }
+            }
+            Command::RestoreAll => {
+                if let Some(relay) = &self.relay {
+                    relay.set_blackhole(Blackhole::default());
+                }
+                self.report_relay();
+                if self.server.is_none() && self.settings.target == Target::Embedded {
+                    self.start_server();
+                }
+            }
+            Command::SpawnExtras(count) => self.spawn_extras(count),
+            Command::StopExtras => self.stop_extras(),
+            Command::Apply(settings) => self.apply(settings),
+        }
+    }
+
+    /// Binds the embedded server on its port and starts forwarding its events.
+    fn start_server(&mut self) {
+        let config = match self.settings.server_config(self.port) {
+            Ok(config) => config,
+            Err(error) => {
+                self.feed.send(Input::Server(ServerStatus::Failed(error.to_string())));
+                return;
+            }
+        };
+        let (interval, max_missed) = (config.interval(), config.max_missed());
+        match block_on(Server::bind(config)) {
+            Ok((server, events)) => {
+                let addr = server.local_addr();
+                self.port = addr.port();
+                spawn(&self.feed, "server-events", {
+                    let (server, feed) = (server.clone(), self.feed.clone());
+                    move || forward_server_events(&server, events, &feed)
+                });
+                self.server = Some(server);
+                self.last_online = None;
+                self.feed.send(Input::Server(ServerStatus::Running { addr, interval, max_missed }));
+                self.point_relay();
+            }
+            Err(error) => {
+                let port = self.port;
+                self.feed.send(Input::Server(ServerStatus::Failed(format!("cannot listen on port {port}: {error}"))));
+            }
+        }
+    }
+
+    /// Where the main client's server is, as an address the relay can connect to.
+    fn upstream(&self) -> Result<SocketAddr, String> {
+        match &self.settings.target {
+            Target::Embedded => Ok(SocketAddr::from(([127, 0, 0, 1], self.port))),
+            Target::External(addr) => addr
+                .to_socket_addrs()
+                .map_err(|error| format!("cannot resolve {addr}: {error}"))?
+                .next()
+                .ok_or_else(|| format!("{addr} resolves to no address")),
+        }
+    }
+
+    /// Points the relay at the current server.
+    fn point_relay(&self) {
+        let Some(relay) = &self.relay else { return };
+        match self.upstream() {
+            Ok(upstream) if upstream.port() != 0 => relay.set_upstream(upstream),
+            Ok(_) => {}
+            Err(error) => self.feed.note(error),
+        }
+    }
+
+    fn report_relay(&self) {
+        if let Some(relay) = &self.relay {
+            self.feed.send(Input::Relay { addr: relay.local_addr(), blackhole: relay.blackhole() });
+        }
+    }
+
+    /// The address the main client connects to: the relay, or the server itself.
+    fn client_target(&self) -> String {
+        match (&self.relay, self.settings.via_relay) {
+            (Some(relay), true) => relay.local_addr().to_string(),
+            _ => self.server_address(),
+        }
+    }
+
+    /// The server's own address, as the extra clients use it.
+    fn server_address(&self) -> String {
+        match &self.settings.target {
+            Target::Embedded => SocketAddr::from(([127, 0, 0, 1], self.port)).to_string(),
+            Target::External(addr) => addr.clone(),
+        }
+    }
+
+    /// Starts a new main client, closing the one before.
+    fn connect(&mut self) {
+        self.close_client();
+        let target = self.client_target();
+        let config = match self.settings.client_config(&target, &self.settings.client_id) {
+            Ok(config) => config,
+            Err(error) => {
+                self.feed.note(format!("cannot start the client: {error}"));
+                return;
+            }
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let via_relay = self.relay.is_some() && self.settings.via_relay;
+        self.feed.send(Input::ClientStarted {
+            generation,
+            client_id: self.settings.client_id.clone(),
+            target,
+            via_relay,
+        });
+        let (client, events) = Client::start(config);
+        spawn(&self.feed, "client-events", {
+            let feed = self.feed.clone();
+            move || forward_client_events(events, generation, &feed)
+        });
+        spawn(&self.feed, "client-probe", {
+            let (client, feed) = (client.clone(), self.feed.clone());
+            move || probe_loop(&client, generation, &feed)
+        });
+        self.client = Some(client);
+    }
+
+    fn close_client(&mut self) {
+        if let Some(client) = self.client.take() {
+            block_on(client.close());
+        }
+    }
+
+    fn send(&self, text: String) {
+        let Some(client) = &self.client else {
+            self.feed.note("not sent: no client (press Connect)");
+            return;
+        };
+        match client.try_send(text.clone()) {
+            Ok(()) => self.feed.note(format!("sent {text:?}")),
+            Err(error) => self.feed.note(format!("{error}: {text:?}")),
+        }
+    }
+
+    fn spawn_extras(&mut self, count: usize) {
+        let server = self.server_address();
+        let first = self.extras.len() + 1;
+        let mut started = 0;
+        for n in first..first + count {
+            let id = format!("extra-{n:03}");
+            match self.settings.client_config(&server, &id) {
+                Ok(config) => {
+                    // Their events are not read: the online list and their states tell the story.
+                    let (client, _events) = Client::start(config);
+                    self.extras.push(client);
+                    started += 1;
+                }
+                Err(error) => {
+                    self.feed.note(format!("cannot start {id}: {error}"));
+                    break;
+                }
+            }
+        }
+        self.feed.note(format!("started {started} extra client(s) against {server} (direct, not through the relay)"));
+    }
+
+    fn stop_extras(&mut self) {
+        let extras = std::mem::take(&mut self.extras);
+        if !extras.is_empty() {
+            block_on(futures::future::join_all(extras.iter().map(Client::close)));
+            self.feed.note(format!("closed {} extra client(s)", extras.len()));
+        }
+    }
+
+    fn apply(&mut self, settings: Settings) {
+        if let Err(error) = settings.validate() {
+            self.feed.note(format!("settings not applied: {error}"));
+            return;
+        }
+        let before = std::mem::replace(&mut self.settings, settings);
+        self.feed.note("settings applied");
+        let embedded = self.settings.target == Target::Embedded;
+        if embedded && (self.server.is_none() || before.server_changed(&self.settings)) {
+            if let Some(server) = self.server.take() {
+                block_on(server.shutdown());
+                self.feed.send(Input::Server(ServerStatus::Stopped));
+            }
+            self.start_server();
+        }
+        self.point_relay();
+        let client_changed = (&before.client_id, &before.target, before.via_relay)
+            != (&self.settings.client_id, &self.settings.target, self.settings.via_relay)
+            || backoff(&before) != backoff(&self.settings);
+        if client_changed && self.client.is_some() {
+            self.connect();
+        }
+        if client_changed && !self.extras.is_empty() {
+            let count = self.extras.len();
+            self.stop_extras();
+            self.spawn_extras(count);
+        }
+    }
+
+    /// Reads the online list and the extra clients' states; reports what changed.
+    fn poll(&mut self) {
+        if let Some(server) = &self.server {
+            let peers = block_on(server.online());
+            if self.last_online.as_deref().is_none_or(|last| !same_view(last, &peers)) {
+                self.feed.send(Input::Online(peers.clone()));
+                self.last_online = Some(peers);
+            }
+        }
+        let counts = count_states(&self.extras);
+        if counts != self.last_extras {
+            self.last_extras = counts;
+            self.feed.send(Input::Extras(counts));
+        }
+    }
+
+    fn quit(&mut self) {
+        self.stop_extras();
+        self.close_client();
+        if let Some(server) = self.server.take() {
+            block_on(server.shutdown());
+        }
+        self.relay = None;
+    }
+}
+
+fn backoff(settings: &Settings) -> (u64, u64, f64, f64) {
+    (settings.initial_delay_ms, settings.max_delay_ms, settings.multiplier, settings.jitter)
+}
+
+/// Whether two online lists look the same on screen (`last_seen` changes with every frame and
+/// is not shown).
+fn same_view(a: &[PeerInfo], b: &[PeerInfo]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            (&a.id, a.addr, &a.session, a.connected_since, a.last_rtt, a.misses)
+                == (&b.id, b.addr, &b.session, b.connected_since, b.last_rtt, b.misses)
+        })
+}
+
+fn count_states(clients: &[Client]) -> ExtraCounts {
+    let mut counts = ExtraCounts { total: clients.len(), ..ExtraCounts::default() };
+    for client in clients {
+        match client.state() {
+            State::Online { .. } => counts.online += 1,
+            State::Connecting { .. } => counts.connecting += 1,
+            State::BackingOff { .. } => counts.backing_off += 1,
+            State::Offline | State::Closed { .. } => {}
+        }
+    }
+    counts
+}
+
+/// Runs `body` on a named thread; a failure to start one is reported, not fatal.
+fn spawn(feed: &Feed, name: &str, body: impl FnOnce() + Send + 'static) {
+    if let Err(error) = thread::Builder::new().name(name.into()).spawn(body) {
+        feed.note(format!("cannot start thread {name}: {error}"));
+    }
+}
+
+/// Forwards the main client's events until its stream ends (after `Closed`).
+fn forward_client_events(mut events: Events, generation: u64, feed: &Feed) {
+    block_on(async {
+        while let Some(event) = events.next().await {
+            feed.send(Input::Client { generation, event });
+        }
+    });
+}
+
+/// Probes the round trip every [`PROBE_EVERY`] while online, until the client is finished.
+fn probe_loop(client: &Client, generation: u64, feed: &Feed) {
+    while !client.is_finished() {
+        thread::sleep(PROBE_EVERY);
+        if matches!(client.state(), State::Online { .. }) {
+            // Resolves when the answer comes or the connection ends, whichever is first.
+            let result = block_on(client.probe());
+            feed.send(Input::Probe { generation, result });
+        }
+    }
+}
+
+/// Forwards the embedded server's events and echoes each message to its sender, as
+/// `demo-server` does, until the server stops.
+fn forward_server_events(server: &Server, mut events: ServerEvents, feed: &Feed) {
+    block_on(async {
+        while let Some(event) = events.next().await {
+            if let ServerEvent::Message { peer, payload } = &event {
+                if let Err(error) = server.send(peer, payload.clone()).await {
+                    feed.note(format!("echo to {peer} failed: {error}"));
+                }
+            }
+            feed.send(Input::ServerEvent(event));
+        }
+    });
+}

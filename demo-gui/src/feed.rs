@@ -1,0 +1,219 @@
+//! The one channel from the background threads to the UI.
+//!
+//! Every thread that learns something (an SDK event, a probe result, the online list) stamps
+//! it with the time it happened and sends it through a [`Feed`], which then wakes the UI. The
+//! UI drains the [`Inbox`] at the start of each frame without ever blocking. The wake-up is a
+//! function handed in by the caller: `egui::Context::request_repaint_after` in the app,
+//! nothing in tests, so the UI code itself never asks for repaints on behalf of the network.
+//!
+//! Each input says how soon the UI should show it ([`Input::show_within`]): changes of state
+//! at once, routine news (a pulse answered, a round trip measured, the online list's numbers)
+//! within a second, so that a healthy, idle connection costs about one frame per second.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pulsewire::{Event, PeerInfo, ProbeError, ServerEvent};
+
+use crate::relay::Blackhole;
+
+/// Something the UI should know, as a background thread reports it.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A new client (the main one) was started.
+    ClientStarted {
+        /// Tells this client's events from those of the clients before it.
+        generation: u64,
+        /// Its id.
+        client_id: String,
+        /// The address it connects to.
+        target: String,
+        /// Whether it connects through the fault relay.
+        via_relay: bool,
+    },
+    /// An event of the main client.
+    Client {
+        /// Which client it came from.
+        generation: u64,
+        /// The event.
+        event: Event,
+    },
+    /// The result of a periodic `probe()` by the main client.
+    Probe {
+        /// Which client probed.
+        generation: u64,
+        /// The round trip, or why there is none.
+        result: Result<Duration, ProbeError>,
+    },
+    /// The embedded server state changed.
+    Server(ServerStatus),
+    /// An event of the embedded server.
+    ServerEvent(ServerEvent),
+    /// The embedded server's online list changed.
+    Online(Vec<PeerInfo>),
+    /// The extra clients' states, counted.
+    Extras(ExtraCounts),
+    /// The fault relay: where it listens and what it black-holes.
+    Relay {
+        /// The address clients connect to.
+        addr: SocketAddr,
+        /// What is black-holed now.
+        blackhole: Blackhole,
+    },
+    /// A line for the event log from the app itself (commands, errors).
+    Note(String),
+}
+
+/// How soon the UI shows a change of state (a short delay merges bursts into one frame).
+pub const PROMPTLY: Duration = Duration::from_millis(15);
+
+/// How soon the UI shows routine news.
+pub const ROUTINELY: Duration = Duration::from_secs(1);
+
+impl Input {
+    /// How soon the UI should show this input.
+    pub fn show_within(&self) -> Duration {
+        match self {
+            Input::Client { event: Event::Pulse { misses_reset: 0, .. }, .. }
+            | Input::Probe { .. }
+            | Input::Online(_)
+            | Input::Extras(_) => ROUTINELY,
+            _ => PROMPTLY,
+        }
+    }
+}
+
+/// The embedded server's condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerStatus {
+    /// Running and accepting connections.
+    Running {
+        /// Where it listens.
+        addr: SocketAddr,
+        /// Its pulse interval.
+        interval: Duration,
+        /// Its miss limit.
+        max_missed: u32,
+    },
+    /// Stopped gracefully (every peer got `BYE shutdown`).
+    Stopped,
+    /// Killed: every connection cut without a word, as a crash would.
+    Killed,
+    /// Could not start.
+    Failed(String),
+}
+
+/// How many of the extra clients are in which state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtraCounts {
+    /// All of them.
+    pub total: usize,
+    /// Online.
+    pub online: usize,
+    /// Connecting.
+    pub connecting: usize,
+    /// Waiting before their next attempt.
+    pub backing_off: usize,
+}
+
+/// An input and the moment it happened.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    /// When the sending thread saw it.
+    pub at: Instant,
+    /// What it saw.
+    pub input: Input,
+}
+
+/// The function that wakes the UI: it is asked to redraw within the given time.
+pub type Wake = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// The sending side: cheap to clone, one per background thread.
+#[derive(Clone)]
+pub struct Feed {
+    tx: Sender<Stamped>,
+    wake: Wake,
+}
+
+impl fmt::Debug for Feed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Feed")
+    }
+}
+
+impl Feed {
+    /// Sends `input`, stamped now, and wakes the UI.
+    pub fn send(&self, input: Input) {
+        let within = input.show_within();
+        // Fails only when the UI is gone, and then nobody needs to know.
+        if self.tx.send(Stamped { at: Instant::now(), input }).is_ok() {
+            (self.wake)(within);
+        }
+    }
+
+    /// Sends a line for the event log.
+    pub fn note(&self, text: impl Into<String>) {
+        self.send(Input::Note(text.into()));
+    }
+}
+
+/// The receiving side, drained by the UI each frame.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: Receiver<Stamped>,
+}
+
+impl Inbox {
+    /// Everything that arrived since the last call, oldest first, without waiting.
+    pub fn drain(&self) -> impl Iterator<Item = Stamped> + '_ {
+        self.rx.try_iter()
+    }
+}
+
+/// A feed that calls `wake` after each input, and the inbox it fills.
+pub fn channel(wake: Wake) -> (Feed, Inbox) {
+    let (tx, rx) = mpsc::channel();
+    (Feed { tx, wake }, Inbox { rx })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn each_input_wakes_the_ui_once_and_arrives_in_order() {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let counter = wakes.clone();
+        let (feed, inbox) = channel(Arc::new(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        feed.note("one");
+        feed.clone().note("two");
+        assert_eq!(wakes.load(Ordering::SeqCst), 2);
+        let notes: Vec<String> = inbox
+            .drain()
+            .filter_map(|stamped| match stamped.input {
+                Input::Note(text) => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notes, ["one", "two"]);
+        assert_eq!(inbox.drain().count(), 0, "drained inputs are gone");
+    }
+
+    #[test]
+    fn state_changes_are_shown_promptly_and_routine_news_within_a_second() {
+        let pulse = Input::Client { generation: 1, event: Event::Pulse { seq: 4, misses_reset: 0 } };
+        let forgiving_pulse = Input::Client { generation: 1, event: Event::Pulse { seq: 5, misses_reset: 1 } };
+        let missed = Input::Client { generation: 1, event: Event::Missed { count: 1, max: 3 } };
+        assert_eq!(pulse.show_within(), ROUTINELY);
+        assert_eq!(Input::Online(Vec::new()).show_within(), ROUTINELY);
+        assert_eq!(missed.show_within(), PROMPTLY);
+        assert_eq!(forgiving_pulse.show_within(), PROMPTLY, "Suspect turns Online at once");
+        assert_eq!(Input::Note("x".into()).show_within(), PROMPTLY);
+    }
+}

@@ -1,0 +1,27 @@
+//! `demo-gui`: a desktop window that embeds the pulsewire client and server and shows the
+//! heartbeat, faults and reconnects live.
+//!
+//! The crate is split so that everything but the drawing is testable without a display:
+//!
+//! - [`model`]: what the window shows, as a plain value (inputs in, view data out);
+//! - [`feed`]: the channel from the background threads to the UI, which wakes the UI;
+//! - [`backend`]: the worker that owns the embedded server, the fault relay and the clients;
+//! - [`relay`]: the local TCP relay that black-holes bytes without closing anything;
+//! - [`settings`]: what the user can change, turned into SDK configurations;
+//! - [`words`]: SDK reasons in plain words;
+//! - [`history`]: time series for the charts;
+//! - [`app`] and `ui`: the eframe application and its drawing.
+
+pub mod app;
+pub mod backend;
+pub mod feed;
+pub mod history;
+pub mod model;
+pub mod relay;
+pub mod settings;
+mod ui;
+pub mod words;
+
+pub use app::DemoApp;
+pub use settings::{Settings, Target};
+pub use ui::phase_color;

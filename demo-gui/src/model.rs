@@ -1,0 +1,894 @@
+//! What the window shows, as a plain value: inputs in ([`Model::apply`]), view data out.
+//!
+//! No egui, no sockets, no clock: every input carries the time it happened and every question
+//! about countdowns takes `now`, so the tests drive the model on a made-up timeline.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pulsewire::{Event, PeerInfo, ProbeError, ServerEvent};
+
+use crate::feed::{ExtraCounts, Input, ServerStatus, Stamped};
+use crate::history::{Series, WINDOW};
+use crate::relay::Blackhole;
+use crate::words;
+
+/// How many lines the event log keeps.
+pub const LOG_LINES: usize = 5000;
+
+/// The main client's condition, as the headline names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not connected and not trying yet (before the first attempt, or right after a loss).
+    Offline,
+    /// A connect attempt is under way.
+    Connecting,
+    /// Connected, and the server's pulses arrive.
+    Online,
+    /// Connected, but pulses are missing: the link may be dead.
+    Suspect,
+    /// Waiting before the next connect attempt.
+    BackingOff,
+    /// Stopped for good.
+    Closed,
+}
+
+impl Phase {
+    /// The headline text.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Offline => "Offline",
+            Phase::Connecting => "Connecting",
+            Phase::Online => "Online",
+            Phase::Suspect => "Suspect",
+            Phase::BackingOff => "Backing off",
+            Phase::Closed => "Closed",
+        }
+    }
+
+    /// The height of this phase on the state timeline chart (healthier is higher).
+    pub fn level(self) -> f64 {
+        match self {
+            Phase::Closed => 0.0,
+            Phase::Offline => 1.0,
+            Phase::BackingOff => 2.0,
+            Phase::Connecting => 3.0,
+            Phase::Suspect => 4.0,
+            Phase::Online => 5.0,
+        }
+    }
+
+    /// Every phase, in timeline order.
+    pub const ALL: [Phase; 6] =
+        [Phase::Closed, Phase::Offline, Phase::BackingOff, Phase::Connecting, Phase::Suspect, Phase::Online];
+}
+
+/// The connection as the model tracks it.
+#[derive(Debug, Clone, PartialEq)]
+enum Conn {
+    Offline,
+    Connecting { attempt: u32 },
+    Online,
+    BackingOff { attempt: u32, delay: Duration, retry_at: Instant, last_error: Option<String> },
+    Closed { reason: String },
+}
+
+/// A vertical mark on the state timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerKind {
+    /// The connection was lost.
+    Disconnect,
+    /// Online again after a loss.
+    Reconnect,
+}
+
+/// When the connection was lost or came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    /// When.
+    pub at: Instant,
+    /// Which.
+    pub kind: MarkerKind,
+}
+
+/// Who a log line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The main client's SDK events.
+    Client,
+    /// The embedded server's SDK events.
+    Server,
+    /// The app: commands, faults, errors.
+    App,
+}
+
+impl Source {
+    /// The column text.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Server => "server",
+            Source::App => "app",
+        }
+    }
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Time since the app started.
+    pub at: Duration,
+    /// Who it is about.
+    pub source: Source,
+    /// What happened.
+    pub text: String,
+}
+
+impl LogLine {
+    /// The line as copied: `  12.345 s  client  connected …`.
+    pub fn render(&self) -> String {
+        format!("{:>9.3} s  {:<6}  {}", self.at.as_secs_f64(), self.source.label(), self.text)
+    }
+}
+
+/// The miss counter against its limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MissGauge {
+    /// Missed pulses in a row.
+    pub misses: u32,
+    /// The limit: reaching it loses the connection.
+    pub max: u32,
+}
+
+impl MissGauge {
+    /// How full the gauge is, 0.0–1.0.
+    pub fn fraction(&self) -> f32 {
+        if self.max == 0 {
+            return 0.0;
+        }
+        (self.misses as f32 / self.max as f32).min(1.0)
+    }
+}
+
+/// The wait before the next connect attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// The attempt that follows the wait.
+    pub attempt: u32,
+    /// The whole wait.
+    pub delay: Duration,
+    /// What is left of it.
+    pub left: Duration,
+    /// What went wrong last, in plain words.
+    pub last_error: Option<String>,
+}
+
+/// The server's announced timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// The pulse interval.
+    pub interval: Duration,
+    /// The miss limit.
+    pub max_missed: u32,
+}
+
+/// The last loss of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastDisconnect {
+    /// When it happened.
+    pub at: Instant,
+    /// Why, in plain words.
+    pub words: String,
+    /// The SDK's own wording.
+    pub detail: String,
+}
+
+/// Everything the window shows.
+#[derive(Debug, Clone)]
+pub struct Model {
+    started: Instant,
+    generation: Option<u64>,
+    client_id: Option<String>,
+    target: Option<String>,
+    via_relay: bool,
+    conn: Conn,
+    misses: u32,
+    session: Option<String>,
+    cadence: Option<Cadence>,
+    connected_at: Option<Instant>,
+    last_pulse: Option<Instant>,
+    last_disconnect: Option<LastDisconnect>,
+    ever_connected: bool,
+    disconnects: u32,
+    last_probe: Option<Result<Duration, ProbeError>>,
+    probe_rtt: Series,
+    server_rtt: Series,
+    online_count: Series,
+    timeline: Series,
+    markers: VecDeque<Marker>,
+    log: VecDeque<LogLine>,
+    server: ServerStatus,
+    peers: Vec<PeerInfo>,
+    relay: Option<(SocketAddr, Blackhole)>,
+    extras: ExtraCounts,
+}
+
+impl Model {
+    /// An empty model for an app started at `started`.
+    pub fn new(started: Instant) -> Model {
+        let mut timeline = Series::default();
+        timeline.push(started, Phase::Offline.level());
+        Model {
+            started,
+            generation: None,
+            client_id: None,
+            target: None,
+            via_relay: false,
+            conn: Conn::Offline,
+            misses: 0,
+            session: None,
+            cadence: None,
+            connected_at: None,
+            last_pulse: None,
+            last_disconnect: None,
+            ever_connected: false,
+            disconnects: 0,
+            last_probe: None,
+            probe_rtt: Series::default(),
+            server_rtt: Series::default(),
+            online_count: Series::default(),
+            timeline,
+            markers: VecDeque::new(),
+            log: VecDeque::new(),
+            server: ServerStatus::Stopped,
+            peers: Vec::new(),
+            relay: None,
+            extras: ExtraCounts::default(),
+        }
+    }
+
+    /// Takes in one input.
+    pub fn apply(&mut self, stamped: Stamped) {
+        let Stamped { at, input } = stamped;
+        match input {
+            Input::ClientStarted { generation, client_id, target, via_relay } => {
+                self.generation = Some(generation);
+                self.client_id = Some(client_id.clone());
+                self.target = Some(target.clone());
+                self.via_relay = via_relay;
+                self.conn = Conn::Offline;
+                self.misses = 0;
+                self.session = None;
+                self.connected_at = None;
+                self.last_pulse = None;
+                let route = if via_relay { " through the fault relay" } else { "" };
+                self.note(at, Source::App, format!("client {client_id} started: connects to {target}{route}"));
+            }
+            Input::Client { generation, event } => {
+                if self.generation == Some(generation) {
+                    self.client_event(at, event);
+                }
+            }
+            Input::Probe { generation, result } => {
+                if self.generation == Some(generation) {
+                    if let Ok(rtt) = result {
+                        self.probe_rtt.push(at, millis(rtt));
+                    }
+                    self.last_probe = Some(result);
+                }
+            }
+            Input::Server(status) => self.server_status(at, status),
+            Input::ServerEvent(event) => self.server_event(at, event),
+            Input::Online(peers) => self.online(at, peers),
+            Input::Extras(counts) => self.extras = counts,
+            Input::Relay { addr, blackhole } => {
+                let before = self.relay.map(|(_, blackhole)| blackhole);
+                self.relay = Some((addr, blackhole));
+                if before.is_some_and(|before| before != blackhole) {
+                    self.note(at, Source::App, relay_note(blackhole));
+                }
+            }
+            Input::Note(text) => self.note(at, Source::App, text),
+        }
+        self.record_phase(at);
+        self.prune(at);
+    }
+
+    fn client_event(&mut self, at: Instant, event: Event) {
+        let line = match event {
+            Event::Connecting { attempt } => {
+                self.conn = Conn::Connecting { attempt };
+                format!("connecting (attempt {attempt})")
+            }
+            Event::Connected { session, interval, max_missed } => {
+                self.conn = Conn::Online;
+                self.misses = 0;
+                self.session = Some(session.to_string());
+                self.cadence = Some(Cadence { interval, max_missed });
+                self.connected_at = Some(at);
+                self.last_pulse = None;
+                if self.ever_connected {
+                    self.markers.push_back(Marker { at, kind: MarkerKind::Reconnect });
+                }
+                self.ever_connected = true;
+                format!(
+                    "connected: session {session}, pulse every {} ms, at most {max_missed} missed",
+                    interval.as_millis()
+                )
+            }
+            Event::Pulse { seq, misses_reset } => {
+                self.misses = 0;
+                self.last_pulse = Some(at);
+                if misses_reset > 0 {
+                    format!("pulse {seq} answered; it forgave {misses_reset} missed")
+                } else {
+                    format!("pulse {seq} answered")
+                }
+            }
+            Event::Missed { count, max } => {
+                self.misses = count;
+                format!("missed pulse: {count} of {max} in a row")
+            }
+            Event::Disconnected { reason } => {
+                self.conn = Conn::Offline;
+                self.misses = 0;
+                self.session = None;
+                self.disconnects += 1;
+                self.markers.push_back(Marker { at, kind: MarkerKind::Disconnect });
+                self.last_disconnect =
+                    Some(LastDisconnect { at, words: words::disconnect(&reason), detail: reason.to_string() });
+                format!("disconnected: {reason}")
+            }
+            Event::BackingOff { attempt, delay, elapsed, last_error } => {
+                let error_words = last_error.as_ref().map(words::failure);
+                self.conn = Conn::BackingOff { attempt, delay, retry_at: at + delay, last_error: error_words.clone() };
+                let last = last_error.map(|error| format!("; last error: {error}")).unwrap_or_default();
+                format!(
+                    "backing off {} ms before attempt {attempt} (offline for {}{last})",
+                    delay.as_millis(),
+                    words::seconds(&elapsed)
+                )
+            }
+            Event::Message(payload) => format!("message from the server: {}", quote(&payload)),
+            Event::Undelivered(payload) => format!("not delivered (the connection ended first): {}", quote(&payload)),
+            Event::Closed { reason } => {
+                self.conn = Conn::Closed { reason: words::close(&reason) };
+                self.misses = 0;
+                self.session = None;
+                format!("closed: {reason}")
+            }
+        };
+        self.note(at, Source::Client, line);
+    }
+
+    fn server_status(&mut self, at: Instant, status: ServerStatus) {
+        let line = match &status {
+            ServerStatus::Running { addr, interval, max_missed } => format!(
+                "embedded server listening on {addr}: pulse every {} ms, evict after {max_missed} missed",
+                interval.as_millis()
+            ),
+            ServerStatus::Stopped => "embedded server stopped (every peer got BYE shutdown)".to_owned(),
+            ServerStatus::Killed => "embedded server killed: every connection cut without a word".to_owned(),
+            ServerStatus::Failed(error) => format!("embedded server could not start: {error}"),
+        };
+        if !matches!(status, ServerStatus::Running { .. }) {
+            self.online(at, Vec::new());
+        }
+        self.server = status;
+        self.note(at, Source::App, line);
+    }
+
+    fn server_event(&mut self, at: Instant, event: ServerEvent) {
+        let line = match event {
+            ServerEvent::PeerOnline { peer } => {
+                format!("{} online from {} (session {})", peer.id, peer.addr, peer.session)
+            }
+            ServerEvent::PeerOffline { peer, reason } => {
+                format!("{} offline: {}", peer.id, words::offline(&reason))
+            }
+            ServerEvent::Message { peer, payload } => {
+                format!("message from {peer}: {} (echoed back)", quote(&payload))
+            }
+        };
+        self.note(at, Source::Server, line);
+    }
+
+    fn online(&mut self, at: Instant, peers: Vec<PeerInfo>) {
+        let count = peers.len() as f64;
+        if self.online_count.last() != Some(count) {
+            self.online_count.push(at, count);
+        }
+        let mine = self.client_id.as_deref().and_then(|id| peers.iter().find(|peer| peer.id.as_str() == id));
+        if let Some(rtt) = mine.and_then(|peer| peer.last_rtt) {
+            let before = self.own_peer().and_then(|peer| peer.last_rtt);
+            if before != Some(rtt) {
+                self.server_rtt.push(at, millis(rtt));
+            }
+        }
+        self.peers = peers;
+    }
+
+    fn record_phase(&mut self, at: Instant) {
+        let level = self.phase().level();
+        if self.timeline.last() != Some(level) {
+            self.timeline.push(at, level);
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        self.probe_rtt.prune(now, false);
+        self.server_rtt.prune(now, false);
+        self.online_count.prune(now, true);
+        self.timeline.prune(now, true);
+        if let Some(start) = now.checked_sub(WINDOW) {
+            while self.markers.front().is_some_and(|marker| marker.at < start) {
+                self.markers.pop_front();
+            }
+        }
+    }
+
+    fn note(&mut self, at: Instant, source: Source, text: String) {
+        if self.log.len() == LOG_LINES {
+            self.log.pop_front();
+        }
+        self.log.push_back(LogLine { at: at.saturating_duration_since(self.started), source, text });
+    }
+
+    // ---- view data ----
+
+    /// The headline phase.
+    pub fn phase(&self) -> Phase {
+        match self.conn {
+            Conn::Offline => Phase::Offline,
+            Conn::Connecting { .. } => Phase::Connecting,
+            Conn::Online if self.misses > 0 => Phase::Suspect,
+            Conn::Online => Phase::Online,
+            Conn::BackingOff { .. } => Phase::BackingOff,
+            Conn::Closed { .. } => Phase::Closed,
+        }
+    }
+
+    /// A line under the headline that says more about the phase.
+    pub fn phase_detail(&self, now: Instant) -> String {
+        match &self.conn {
+            Conn::Offline if self.generation.is_none() => "No client yet: press Connect.".to_owned(),
+            Conn::Offline => "Connection lost; about to retry.".to_owned(),
+            Conn::Connecting { attempt } => format!("Attempt {attempt}: TCP connect and HELLO."),
+            Conn::Online if self.misses > 0 => {
+                format!("{} pulse(s) missed in a row: the server or the link may be dead.", self.misses)
+            }
+            Conn::Online => match self.connected_at {
+                Some(since) => format!("Pulses arrive; connected for {}.", words::seconds(&(now - since))),
+                None => "Pulses arrive.".to_owned(),
+            },
+            Conn::BackingOff { attempt, retry_at, .. } => {
+                format!("Attempt {attempt} in {}.", words::seconds(&retry_at.saturating_duration_since(now)))
+            }
+            Conn::Closed { reason } => reason.clone(),
+        }
+    }
+
+    /// The session id while online.
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+
+    /// The timing the server announced last.
+    pub fn cadence(&self) -> Option<Cadence> {
+        self.cadence
+    }
+
+    /// The main client's id and where it connects.
+    pub fn client(&self) -> Option<(&str, &str, bool)> {
+        Some((self.client_id.as_deref()?, self.target.as_deref()?, self.via_relay))
+    }
+
+    /// The last loss of the connection.
+    pub fn last_disconnect(&self) -> Option<&LastDisconnect> {
+        self.last_disconnect.as_ref()
+    }
+
+    /// How many times the connection was lost.
+    pub fn disconnects(&self) -> u32 {
+        self.disconnects
+    }
+
+    /// The miss counter against its limit, while online.
+    pub fn miss_gauge(&self) -> Option<MissGauge> {
+        match self.conn {
+            Conn::Online => Some(MissGauge { misses: self.misses, max: self.cadence?.max_missed }),
+            _ => None,
+        }
+    }
+
+    /// An estimate of the time left until the client's checker ticks next, while online.
+    ///
+    /// The checker ticks every interval, half an interval after the pulses (it aligns on the
+    /// first one); before any pulse it ticks one interval after `WELCOME`. This takes the last
+    /// pulse this app saw (or the connect time) as the reference, so it is an estimate.
+    pub fn next_check_in(&self, now: Instant) -> Option<Duration> {
+        if self.conn != Conn::Online {
+            return None;
+        }
+        let interval = self.cadence?.interval;
+        if interval.is_zero() {
+            return None;
+        }
+        let first = match (self.last_pulse, self.connected_at) {
+            (Some(pulse), _) => pulse + interval / 2,
+            (None, Some(connected)) => connected + interval,
+            (None, None) => return None,
+        };
+        if first > now {
+            return Some(first - now);
+        }
+        let behind = now.duration_since(first).as_nanos();
+        let ticks = behind / interval.as_nanos() + 1;
+        let next = first + interval * u32::try_from(ticks).unwrap_or(u32::MAX);
+        Some(next.saturating_duration_since(now))
+    }
+
+    /// The wait before the next attempt, while backing off.
+    pub fn retry(&self, now: Instant) -> Option<Retry> {
+        match &self.conn {
+            Conn::BackingOff { attempt, delay, retry_at, last_error } => Some(Retry {
+                attempt: *attempt,
+                delay: *delay,
+                left: retry_at.saturating_duration_since(now),
+                last_error: last_error.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether something on screen counts down, so the window should redraw by itself for a
+    /// while (missed pulses or a backoff wait).
+    pub fn counting_down(&self) -> bool {
+        matches!(self.phase(), Phase::Suspect | Phase::BackingOff)
+    }
+
+    /// The last probe's result.
+    pub fn last_probe(&self) -> Option<&Result<Duration, ProbeError>> {
+        self.last_probe.as_ref()
+    }
+
+    /// Round trips measured by the client's probes, in ms.
+    pub fn probe_rtt(&self) -> &Series {
+        &self.probe_rtt
+    }
+
+    /// Round trips of the server's pulses to this client, in ms, as the server measured them.
+    pub fn server_rtt(&self) -> &Series {
+        &self.server_rtt
+    }
+
+    /// The embedded server's online count over time.
+    pub fn online_count(&self) -> &Series {
+        &self.online_count
+    }
+
+    /// The phase over time, as [`Phase::level`] values.
+    pub fn timeline(&self) -> &Series {
+        &self.timeline
+    }
+
+    /// Disconnects and reconnects within the chart window.
+    pub fn markers(&self) -> impl Iterator<Item = &Marker> {
+        self.markers.iter()
+    }
+
+    /// The event log, oldest first.
+    pub fn log(&self) -> impl ExactSizeIterator<Item = &LogLine> {
+        self.log.iter()
+    }
+
+    /// The whole event log as text, one line per event.
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        for line in &self.log {
+            // Writing to a String cannot fail.
+            let _ = writeln!(text, "{}", line.render());
+        }
+        text
+    }
+
+    /// The embedded server's condition.
+    pub fn server(&self) -> &ServerStatus {
+        &self.server
+    }
+
+    /// The embedded server's online list, sorted by id.
+    pub fn peers(&self) -> &[PeerInfo] {
+        &self.peers
+    }
+
+    /// This client's entry in the server's online list.
+    pub fn own_peer(&self) -> Option<&PeerInfo> {
+        let id = self.client_id.as_deref()?;
+        self.peers.iter().find(|peer| peer.id.as_str() == id)
+    }
+
+    /// The relay's address and what it black-holes.
+    pub fn relay(&self) -> Option<(SocketAddr, Blackhole)> {
+        self.relay
+    }
+
+    /// The extra clients' states.
+    pub fn extras(&self) -> ExtraCounts {
+        self.extras
+    }
+}
+
+fn relay_note(blackhole: Blackhole) -> String {
+    match (blackhole.to_server, blackhole.to_client) {
+        (false, false) => "relay restored: bytes flow both ways".to_owned(),
+        (true, true) => "relay black-holes the link: nothing passes either way, nothing is closed".to_owned(),
+        (false, true) => "relay freezes the server's pulses: nothing passes server -> client".to_owned(),
+        (true, false) => "relay silences the client: nothing passes client -> server".to_owned(),
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// A payload for the log: text in quotes (escaped), at most 200 characters.
+fn quote(payload: &[u8]) -> String {
+    let text = String::from_utf8_lossy(payload);
+    let mut quoted: String = text.chars().take(200).collect::<String>().escape_debug().collect();
+    if text.chars().count() > 200 {
+        quoted.push_str("...");
+    }
+    format!("\"{quoted}\" ({} bytes)", payload.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulsewire::protocol::{ClientId, SessionId};
+    use pulsewire::{CloseReason, ConnectError, DisconnectReason, Failure};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A model with a started client, and a clock to feed it.
+    struct Script {
+        model: Model,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Script {
+        fn new() -> Script {
+            let t0 = Instant::now();
+            let mut script = Script { model: Model::new(t0), t0, now: t0 };
+            script.input(Input::ClientStarted {
+                generation: 1,
+                client_id: "desk".into(),
+                target: "127.0.0.1:9".into(),
+                via_relay: true,
+            });
+            script
+        }
+
+        fn at(&mut self, millis: u64) -> &mut Script {
+            self.now = self.t0 + ms(millis);
+            self
+        }
+
+        fn input(&mut self, input: Input) -> &mut Script {
+            self.model.apply(Stamped { at: self.now, input });
+            self
+        }
+
+        fn event(&mut self, event: Event) -> &mut Script {
+            self.input(Input::Client { generation: 1, event })
+        }
+
+        fn connected(&mut self) -> &mut Script {
+            self.event(Event::Connecting { attempt: 1 }).event(Event::Connected {
+                session: session("s1"),
+                interval: ms(1000),
+                max_missed: 3,
+            })
+        }
+    }
+
+    fn session(id: &str) -> SessionId {
+        SessionId::new(id).expect("a valid session id")
+    }
+
+    fn peer(id: &str, rtt: Option<u64>) -> PeerInfo {
+        let now = Instant::now();
+        PeerInfo {
+            id: ClientId::new(id).expect("a valid id"),
+            addr: "127.0.0.1:5000".parse().expect("an address"),
+            session: session("s1"),
+            connected_since: now,
+            last_seen: now,
+            last_rtt: rtt.map(ms),
+            misses: 0,
+        }
+    }
+
+    #[test]
+    fn the_headline_follows_the_client_from_connecting_to_online() {
+        let mut script = Script::new();
+        assert_eq!(script.model.phase(), Phase::Offline);
+        script.event(Event::Connecting { attempt: 1 });
+        assert_eq!(script.model.phase(), Phase::Connecting);
+        script.at(5).connected();
+        assert_eq!(script.model.phase(), Phase::Online);
+        assert_eq!(script.model.session(), Some("s1"));
+        assert_eq!(script.model.cadence(), Some(Cadence { interval: ms(1000), max_missed: 3 }));
+    }
+
+    #[test]
+    fn missed_pulses_make_the_client_suspect_and_a_pulse_forgives_them() {
+        let mut script = Script::new();
+        script.connected().at(2500).event(Event::Missed { count: 1, max: 3 });
+        assert_eq!(script.model.phase(), Phase::Suspect);
+        assert_eq!(script.model.miss_gauge(), Some(MissGauge { misses: 1, max: 3 }));
+        assert!(script.model.counting_down());
+        script.event(Event::Missed { count: 2, max: 3 });
+        assert!((script.model.miss_gauge().map(|gauge| gauge.fraction()).unwrap_or(0.0) - 2.0 / 3.0).abs() < 1e-6);
+        script.at(2600).event(Event::Pulse { seq: 3, misses_reset: 2 });
+        assert_eq!(script.model.phase(), Phase::Online);
+        assert!(!script.model.counting_down(), "a healthy link needs no ticking");
+        assert!(script.model.log().any(|line| line.text == "pulse 3 answered; it forgave 2 missed"));
+    }
+
+    #[test]
+    fn a_disconnect_keeps_its_reason_in_plain_words_and_marks_the_timeline() {
+        let mut script = Script::new();
+        script.connected().at(4000).event(Event::Disconnected { reason: DisconnectReason::PulseTimeout { missed: 3 } });
+        let last = script.model.last_disconnect().expect("a disconnect is recorded");
+        assert!(last.words.contains("went silent"), "{}", last.words);
+        assert_eq!(last.detail, "no pulse from the server (3 missed)");
+        assert_eq!(script.model.phase(), Phase::Offline);
+        assert_eq!(script.model.session(), None);
+        assert_eq!(script.model.disconnects(), 1);
+        let markers: Vec<_> = script.model.markers().map(|marker| marker.kind).collect();
+        assert_eq!(markers, [MarkerKind::Disconnect]);
+
+        script.at(4300).connected();
+        let markers: Vec<_> = script.model.markers().map(|marker| marker.kind).collect();
+        assert_eq!(markers, [MarkerKind::Disconnect, MarkerKind::Reconnect], "the first connect is no reconnect");
+    }
+
+    #[test]
+    fn backing_off_counts_down_to_the_next_attempt_with_the_last_error() {
+        let mut script = Script::new();
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        script.at(1000).event(Event::BackingOff {
+            attempt: 2,
+            delay: ms(400),
+            elapsed: ms(20),
+            last_error: Some(Failure::Connect(ConnectError::Io((&refused).into()))),
+        });
+        assert_eq!(script.model.phase(), Phase::BackingOff);
+        let retry = script.model.retry(script.t0 + ms(1100)).expect("backing off");
+        assert_eq!((retry.attempt, retry.delay, retry.left), (2, ms(400), ms(300)));
+        assert_eq!(retry.last_error.as_deref(), Some("nobody listens at the server address"));
+        assert_eq!(script.model.retry(script.t0 + ms(2000)).map(|retry| retry.left), Some(Duration::ZERO));
+        assert!(script.model.counting_down());
+        assert_eq!(script.model.phase_detail(script.t0 + ms(1100)), "Attempt 2 in 0.3 s.");
+    }
+
+    #[test]
+    fn the_next_check_is_estimated_half_an_interval_after_the_last_pulse() {
+        let mut script = Script::new();
+        script.connected();
+        assert_eq!(script.model.next_check_in(script.t0 + ms(200)), Some(ms(800)), "before any pulse: one interval");
+        script.at(300).event(Event::Pulse { seq: 1, misses_reset: 0 });
+        assert_eq!(script.model.next_check_in(script.t0 + ms(500)), Some(ms(300)), "tick at 800 ms");
+        assert_eq!(script.model.next_check_in(script.t0 + ms(900)), Some(ms(900)), "then at 1800 ms");
+        assert_eq!(script.model.next_check_in(script.t0 + ms(3850)), Some(ms(950)), "and every interval after");
+        script.at(4000).event(Event::Disconnected { reason: DisconnectReason::Eof });
+        assert_eq!(script.model.next_check_in(script.t0 + ms(4000)), None, "no checker while offline");
+    }
+
+    #[test]
+    fn events_of_a_replaced_client_are_ignored() {
+        let mut script = Script::new();
+        script.connected();
+        script.input(Input::ClientStarted {
+            generation: 2,
+            client_id: "desk".into(),
+            target: "127.0.0.1:9".into(),
+            via_relay: false,
+        });
+        script.event(Event::Closed { reason: CloseReason::Application }); // generation 1
+        assert_eq!(script.model.phase(), Phase::Offline, "the old client's close is not this one's");
+        script.input(Input::Client { generation: 2, event: Event::Connecting { attempt: 1 } });
+        assert_eq!(script.model.phase(), Phase::Connecting);
+    }
+
+    #[test]
+    fn closing_shows_the_reason() {
+        let mut script = Script::new();
+        script.connected().event(Event::Disconnected { reason: DisconnectReason::ClosedByApplication });
+        script.event(Event::Closed { reason: CloseReason::Application });
+        assert_eq!(script.model.phase(), Phase::Closed);
+        assert_eq!(script.model.phase_detail(script.now), "Closed by this app (it said BYE).");
+    }
+
+    #[test]
+    fn the_timeline_records_each_phase_change_once() {
+        let mut script = Script::new();
+        script.at(10).connected();
+        for n in 1..=5 {
+            script.at(10 + n * 1000).event(Event::Pulse { seq: n, misses_reset: 0 });
+        }
+        script.at(9000).event(Event::Disconnected { reason: DisconnectReason::Reset });
+        let levels: Vec<f64> = script.model.timeline().points(script.now).iter().map(|point| point[1]).collect();
+        let expected = [Phase::Offline, Phase::Connecting, Phase::Online, Phase::Offline].map(Phase::level);
+        assert_eq!(levels, expected);
+    }
+
+    #[test]
+    fn the_online_list_feeds_the_count_chart_and_the_server_measured_rtt() {
+        let mut script = Script::new();
+        script.at(100).input(Input::Online(vec![peer("desk", Some(2)), peer("extra-001", None)]));
+        script.at(200).input(Input::Online(vec![peer("desk", Some(2)), peer("extra-001", None)]));
+        script.at(300).input(Input::Online(vec![peer("desk", Some(3))]));
+        assert_eq!(script.model.online_count().points(script.now), vec![[-0.2, 2.0], [0.0, 1.0]]);
+        let rtts: Vec<f64> = script.model.server_rtt().points(script.now).iter().map(|point| point[1]).collect();
+        assert_eq!(rtts, [2.0, 3.0], "a repeated value is one sample");
+        assert_eq!(script.model.own_peer().map(|peer| peer.id.as_str()), Some("desk"));
+    }
+
+    #[test]
+    fn a_server_that_stops_empties_the_online_list() {
+        let mut script = Script::new();
+        script.input(Input::Online(vec![peer("desk", None)]));
+        script.at(50).input(Input::Server(ServerStatus::Killed));
+        assert!(script.model.peers().is_empty());
+        assert_eq!(script.model.online_count().last(), Some(0.0));
+        assert!(script.model.log().any(|line| line.text.contains("killed")));
+    }
+
+    #[test]
+    fn probes_of_the_current_client_feed_the_rtt_chart() {
+        let mut script = Script::new();
+        script.at(10).input(Input::Probe { generation: 1, result: Ok(ms(4)) });
+        script.input(Input::Probe { generation: 7, result: Ok(ms(99)) });
+        script.input(Input::Probe { generation: 1, result: Err(ProbeError::Offline) });
+        assert_eq!(script.model.probe_rtt().last(), Some(4.0));
+        assert_eq!(script.model.probe_rtt().len(), 1);
+        assert_eq!(script.model.last_probe(), Some(&Err(ProbeError::Offline)));
+    }
+
+    #[test]
+    fn the_log_is_timestamped_and_copies_as_text() {
+        let mut script = Script::new();
+        script.at(1500).event(Event::Message((&b"hi \"you\"\n"[..]).into()));
+        let text = script.model.log_text();
+        let last = text.lines().last().unwrap_or_default();
+        assert_eq!(last, r#"    1.500 s  client  message from the server: "hi \"you\"\n" (9 bytes)"#);
+        assert_eq!(text.lines().count(), script.model.log().len());
+    }
+
+    #[test]
+    fn the_log_keeps_only_the_newest_lines() {
+        let mut script = Script::new();
+        for n in 0..(LOG_LINES + 10) {
+            script.input(Input::Note(format!("note {n}")));
+        }
+        assert_eq!(script.model.log().len(), LOG_LINES);
+        assert_eq!(script.model.log().last().map(|line| line.text.as_str()), Some("note 5009"));
+    }
+
+    #[test]
+    fn relay_changes_are_logged_in_words() {
+        let mut script = Script::new();
+        let addr: SocketAddr = "127.0.0.1:4000".parse().expect("an address");
+        script.input(Input::Relay { addr, blackhole: Blackhole::default() });
+        script.input(Input::Relay { addr, blackhole: Blackhole { to_server: false, to_client: true } });
+        assert!(script.model.log().any(|line| line.text.contains("freezes the server's pulses")));
+        assert_eq!(script.model.relay(), Some((addr, Blackhole { to_server: false, to_client: true })));
+    }
+}

@@ -1,0 +1,108 @@
+//! The backend without a window: commands in, the model's view out, against real servers on
+//! loopback. These cover what the UI tests do not click: applying settings and pointing the
+//! client at an external server.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use demo_gui::backend::{Backend, Command};
+use demo_gui::feed::{self, Inbox, ServerStatus};
+use demo_gui::model::{Cadence, Model, Phase};
+use demo_gui::{Settings, Target};
+use pulsewire::{Server, ServerConfig};
+
+/// A running backend and the model it feeds.
+struct Watch {
+    model: Model,
+    inbox: Inbox,
+    backend: Backend,
+}
+
+impl Watch {
+    fn start(settings: Settings) -> Watch {
+        let (feed, inbox) = feed::channel(Arc::new(|_| {}));
+        let backend = Backend::start(settings, feed).expect("the backend starts");
+        Watch { model: Model::new(Instant::now()), inbox, backend }
+    }
+
+    /// Feeds the model until `done` holds, for at most 20 s.
+    #[track_caller]
+    fn until(&mut self, what: &str, done: impl Fn(&Model) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for stamped in self.inbox.drain() {
+                self.model.apply(stamped);
+            }
+            if done(&self.model) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never saw {what}; event log:\n{}", self.model.log_text());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn fast() -> Settings {
+    Settings { interval_ms: 200, initial_delay_ms: 100, max_delay_ms: 400, ..Settings::default() }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn applying_a_new_cadence_restarts_the_server_and_the_client_adopts_it() {
+    let mut watch = Watch::start(fast());
+    watch.until("online at 200 ms", |model| {
+        model.phase() == Phase::Online && model.cadence() == Some(Cadence { interval: ms(200), max_missed: 3 })
+    });
+
+    watch.backend.send(Command::Apply(Settings { interval_ms: 250, max_missed: 2, ..fast() }));
+    watch.until("online at 250 ms, 2 missed", |model| {
+        model.phase() == Phase::Online && model.cadence() == Some(Cadence { interval: ms(250), max_missed: 2 })
+    });
+    let server = watch.model.server();
+    assert!(
+        matches!(server, ServerStatus::Running { interval, max_missed: 2, .. } if *interval == ms(250)),
+        "{server:?}"
+    );
+    let last = watch.model.last_disconnect().expect("the restart cost one disconnect");
+    assert_eq!(last.words, "The server shut down and said goodbye.");
+}
+
+#[test]
+fn invalid_settings_are_refused_and_nothing_restarts() {
+    let mut watch = Watch::start(fast());
+    watch.until("online", |model| model.phase() == Phase::Online);
+    watch.backend.send(Command::Apply(Settings { jitter: 3.0, ..fast() }));
+    watch.until("the refusal", |model| model.log_text().contains("settings not applied: client: reconnect jitter 3"));
+    assert_eq!(watch.model.disconnects(), 0);
+}
+
+#[test]
+fn the_client_can_be_pointed_at_an_external_server_through_the_relay() {
+    let config = ServerConfig::builder()
+        .listen("127.0.0.1:0".parse().expect("an address"))
+        .interval(ms(100))
+        .build()
+        .expect("a valid config");
+    let (external, _events) = futures::executor::block_on(Server::bind(config)).expect("bind");
+    let addr = external.local_addr().to_string();
+
+    let mut watch = Watch::start(fast());
+    watch.until("online with the embedded server", |model| model.phase() == Phase::Online);
+    watch.backend.send(Command::Apply(Settings { target: Target::External(addr.clone()), ..fast() }));
+    watch.until("online with the external server", |model| {
+        let peers = futures::executor::block_on(external.online());
+        model.phase() == Phase::Online && peers.iter().any(|peer| peer.id.as_str() == "desk-1")
+    });
+    assert!(watch.model.client().is_some_and(|(_, _, via_relay)| via_relay), "still through the relay");
+
+    // The faults reach an external server's client too: freeze its pulses.
+    watch.backend.send(Command::SetBlackhole(demo_gui::relay::Blackhole { to_server: false, to_client: true }));
+    watch.until("the loss noticed by missed pulses", |model| {
+        model.last_disconnect().is_some_and(|last| last.words.contains("went silent"))
+    });
+    futures::executor::block_on(external.shutdown());
+}
