@@ -24,9 +24,23 @@ pub(crate) async fn connect(addr: &str) -> io::Result<TcpStream> {
 }
 
 /// Binds a listening socket.
+///
+/// The accept queue holds [`LISTEN_BACKLOG`] connections (the kernel caps it at
+/// `net.core.somaxconn`): a reconnect storm of thousands of clients must queue, not be dropped
+/// (the standard library's `listen(128)` overflowed in the benchmark's storm).
 pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As the standard library does on Unix: a restarted server can bind its port at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(std::net::TcpListener::from(socket)))
 }
+
+/// The listen backlog asked of the kernel.
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
 /// Prepares an accepted socket.
 pub(crate) fn accepted(stream: &TcpStream) -> io::Result<()> {
