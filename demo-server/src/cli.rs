@@ -50,6 +50,20 @@ pub struct Cli {
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
+    /// The most peers online at once; a `HELLO` beyond it is answered `ERROR full` (default:
+    /// the SDK's, see `ServerConfigBuilder::max_peers`).
+    #[arg(long, value_name = "N")]
+    pub max_peers: Option<usize>,
+
+    /// The most connections one IP address may hold at once (default: no limit).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// The most connections in their handshake at once, a bound against peers that connect and
+    /// never speak (default: the SDK's, see `ServerConfigBuilder::max_handshakes`).
+    #[arg(long, value_name = "N")]
+    pub max_handshakes: Option<usize>,
+
     /// Do not echo messages: by default every message a peer sends is sent back to it.
     #[arg(long)]
     pub no_echo: bool,
@@ -63,15 +77,24 @@ impl Cli {
     /// The server configuration the flags describe, validated by the SDK: an out-of-range value
     /// gives a readable error such as `interval must be ...`.
     pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
-        ServerConfig::builder()
+        let mut builder = ServerConfig::builder()
             .listen(self.listen)
             .interval(self.interval)
             .max_missed(self.max_missed)
             .max_payload(self.max_payload)
             .handshake_timeout(self.handshake_timeout)
             .outbound_queue(self.outbound_queue)
-            .write_timeout(self.write_timeout)
-            .build()
+            .write_timeout(self.write_timeout);
+        if let Some(peers) = self.max_peers {
+            builder = builder.max_peers(peers);
+        }
+        if let Some(connections) = self.max_connections_per_ip {
+            builder = builder.max_connections_per_ip(connections);
+        }
+        if let Some(handshakes) = self.max_handshakes {
+            builder = builder.max_handshakes(handshakes);
+        }
+        builder.build()
     }
 
     /// The output format chosen.
@@ -130,8 +153,17 @@ mod tests {
             "10",
             "--no-echo",
             "--json",
+            "--max-peers",
+            "7",
+            "--max-connections-per-ip",
+            "2",
+            "--max-handshakes",
+            "3",
         ]);
         let config = cli.server_config().expect("valid flags");
+        assert_eq!(config.max_peers(), 7);
+        assert_eq!(config.max_connections_per_ip(), Some(2));
+        assert_eq!(config.max_handshakes(), 3);
         assert_eq!(config.listen().port(), 0);
         assert_eq!(config.interval(), Duration::from_millis(50));
         assert_eq!(config.max_missed(), 5);
