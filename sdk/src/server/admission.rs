@@ -5,8 +5,8 @@
 //!
 //! - **connections per IP address** (`max_connections_per_ip`, off by default): connections in
 //!   the handshake or online, per source address;
-//! - **handshakes in flight** (`max_handshakes`): connections accepted whose `HELLO` has not been
-//!   answered yet, so that peers that connect and say nothing (slowloris) cannot pile up;
+//! - **handshakes in flight** (`max_handshakes`): connections accepted whose `HELLO` has not
+//!   arrived yet, so that peers that connect and say nothing (slowloris) cannot pile up;
 //! - **refusals in flight**: a refused connection is told why (`ERROR full …`) and lingers for a
 //!   moment so that the answer is not lost to a reset. At most as many refusals as handshakes
 //!   are under way at once; beyond that a new connection is closed without a word.
@@ -58,9 +58,10 @@ pub(crate) enum Verdict {
 /// Where an admitted connection stands, to release the right counters when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
-    /// Accepted, `HELLO` not answered yet.
+    /// Accepted, no `HELLO` yet.
     Handshake,
-    /// The handshake ended (online, or refused by the hub); it still counts for its address.
+    /// Its `HELLO` arrived (it is online, or about to be answered); it still counts for its
+    /// address.
     Settled,
     /// Being refused at the door.
     Refusing,
@@ -110,7 +111,7 @@ impl Admission {
         }
     }
 
-    /// A connection's handshake is over: it no longer counts as in flight.
+    /// A connection's `HELLO` arrived: it no longer counts as in flight.
     pub(crate) fn settled(&mut self) {
         self.handshakes = self.handshakes.saturating_sub(1);
     }
@@ -198,7 +199,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// The handshake is over (the peer is online, or was refused by the hub).
+    /// The peer's `HELLO` arrived: it no longer counts as a handshake in flight.
     pub(crate) fn settle(&mut self) {
         if self.stage == Stage::Handshake {
             self.gate.lock().settled();

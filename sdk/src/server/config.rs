@@ -23,14 +23,14 @@ pub struct ServerConfig {
 }
 
 /// The default of [`ServerConfigBuilder::max_peers`].
-pub(crate) const DEFAULT_MAX_PEERS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_PEERS: usize = 100_000;
 /// The default of [`ServerConfigBuilder::max_handshakes`].
-pub(crate) const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+pub(crate) const DEFAULT_MAX_HANDSHAKES: usize = 4096;
 
 impl ServerConfig {
     /// Starts a configuration with every default: listen on `127.0.0.1:7878`, pulse every
-    /// second, evict after 3 missed pulses, accept payloads of up to 1 MiB, hold at most 10 000
-    /// peers and 1024 handshakes in flight, with no limit per address.
+    /// second, evict after 3 missed pulses, accept payloads of up to 1 MiB, hold at most 100 000
+    /// peers and 4096 handshakes in flight, with no limit per address.
     ///
     /// ```
     /// use std::time::Duration;
@@ -160,7 +160,7 @@ impl ServerConfigBuilder {
         self
     }
 
-    /// The most peers that may be online at once (default 10 000, at least 1). A `HELLO` that
+    /// The most peers that may be online at once (default 100 000 — in practice the process's open-file limit binds first — at least 1). A `HELLO` that
     /// would take the online list past it is answered `ERROR full` and closed; the SDK client
     /// takes that as a reason to back off and try again. A `HELLO` whose id is already online
     /// is never refused for this reason: it replaces the old connection, and the count stays.
@@ -194,8 +194,8 @@ impl ServerConfigBuilder {
         self
     }
 
-    /// The most connections that may be in their handshake at once: accepted, `HELLO` not
-    /// answered yet (default 1024, at least 1). A connection beyond it is answered
+    /// The most connections that may be in their handshake at once: accepted, no `HELLO`
+    /// received yet (default 4096, as many as the listen backlog holds, so that a reconnect storm is not refused; at least 1). A connection beyond it is answered
     /// `ERROR full too many handshakes in flight (limit <n>)` and closed, so that peers that
     /// connect and never speak (slowloris) hold at most this many connections, each for at most
     /// the handshake timeout. At most as many refusals are under way at once; beyond that a new

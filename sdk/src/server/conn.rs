@@ -125,6 +125,9 @@ async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, slot: &mut Slot, 
         }
     };
 
+    // The peer spoke: its handshake no longer counts as in flight (before anything can answer
+    // it, so that a client that got its `WELCOME` is never counted).
+    slot.settle();
     let (link, queue) = async_channel::bounded(config.outbound_queue);
     let (answers, answer_queue) = async_channel::bounded(config.outbound_queue);
     let (reading, reader_done) = async_channel::bounded::<()>(1);
@@ -151,9 +154,7 @@ async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, slot: &mut Slot, 
     if ctx.hub.send(join).await.is_err() {
         return; // The server is stopping; dropping the queues ends the writer.
     }
-    let online = joined.await;
-    slot.settle();
-    match online {
+    match joined.await {
         Ok(true) => {}
         // The hub refused it (the server is full) and queued the `ERROR` for the writer: let
         // the peer read it before the connection closes.

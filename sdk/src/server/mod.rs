@@ -150,7 +150,7 @@ impl Server {
         answer.await.unwrap_or(0)
     }
 
-    /// How many connections are in their handshake right now: accepted, `HELLO` not answered
+    /// How many connections are in their handshake right now: accepted, no `HELLO` received
     /// yet. Never above [`ServerConfig::max_handshakes`].
     pub fn handshakes_in_flight(&self) -> usize {
         self.inner.gate.handshakes()
