@@ -20,6 +20,8 @@ use crate::rt::{self, TcpListener, TcpStream};
 /// How long the accept loop pauses after an accept error (say, out of file descriptors), so
 /// that it waits instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Room for `ALIVE` answers to a peer's own probes, per connection.
+const ANSWER_QUEUE: usize = 16;
 /// The writer gathers ready frames into one write of up to this many bytes.
 const BATCH_BYTES: usize = 64 * 1024;
 /// At most this much unread input is discarded while a closing connection lingers.
@@ -129,7 +131,8 @@ async fn serve(stream: &TcpStream, addr: SocketAddr, key: u64, slot: &mut Slot, 
     // it, so that a client that got its `WELCOME` is never counted).
     slot.settle();
     let (link, queue) = async_channel::bounded(config.outbound_queue);
-    let (answers, answer_queue) = async_channel::bounded(config.outbound_queue);
+    // Probe answers need little room: a peer that probes faster than it reads waits on itself.
+    let (answers, answer_queue) = async_channel::bounded(ANSWER_QUEUE);
     let (reading, reader_done) = async_channel::bounded::<()>(1);
     let writer = Writer {
         stream: stream.clone(),
@@ -277,7 +280,9 @@ async fn reject(stream: &TcpStream, addr: SocketAddr, error: Frame) {
 /// Reads and discards input until the peer closes, for [`LINGER`] at most.
 async fn drain(stream: &TcpStream) {
     let mut socket = stream;
-    let mut sink = [0u8; 4096];
+    // On the heap, and only while draining: a buffer held in the connection's future would
+    // cost every connection its size for its whole life.
+    let mut sink = vec![0u8; 4096];
     let mut total = 0;
     let until = Instant::now() + LINGER;
     while total < DRAIN_LIMIT {
@@ -331,8 +336,20 @@ impl Writer {
                 let Ok(frame) = self.queue.try_recv().or_else(|_| self.answers.try_recv()) else { break };
                 frame.encode(&mut buf);
             }
-            match rt::timeout(self.write_timeout, socket.write_all(&buf)).await {
-                Ok(Ok(())) => buf.clear(),
+            // Most writes complete at once; only one that has to wait arms the write timeout,
+            // so a pulse round costs no timer registration per peer.
+            let mut write = socket.write_all(&buf);
+            let written = match (&mut write).now_or_never() {
+                Some(result) => Ok(result),
+                None => rt::timeout(self.write_timeout, write).await,
+            };
+            match written {
+                Ok(Ok(())) => {
+                    buf.clear();
+                    if buf.capacity() > 2 * BATCH_BYTES {
+                        buf = BytesMut::new();
+                    }
+                }
                 Ok(Err(error)) => break Some(OfflineReason::from_io(&error)),
                 Err(rt::Elapsed) => break Some(OfflineReason::WriteTimeout),
             }
