@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use pulsewire::{OfflineReason, Server, ServerConfig, ServerEvent};
+use pulsewire::{Server, ServerConfig, ServerEvent};
 use serde_json::json;
 
 /// The server's command line (a subset of the demo server's).
@@ -56,7 +56,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     "session": peer.session.as_str()
                 }),
                 ServerEvent::PeerOffline { peer, reason } => json!({
-                    "event": "offline", "peer": peer.id.as_str(), "reason": reason_word(&reason),
+                    "event": "offline", "peer": peer.id.as_str(), "reason": reason.word(),
                     "detail": reason.to_string()
                 }),
                 ServerEvent::Message { peer, payload } => {
@@ -69,21 +69,4 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// The demo server's reason words.
-fn reason_word(reason: &OfflineReason) -> &'static str {
-    match reason {
-        OfflineReason::Goodbye { .. } => "goodbye",
-        OfflineReason::Timeout { .. } => "timeout",
-        OfflineReason::Stalled => "stalled",
-        OfflineReason::WriteTimeout => "write-timeout",
-        OfflineReason::Replaced => "replaced",
-        OfflineReason::Eof => "eof",
-        OfflineReason::Reset => "reset",
-        OfflineReason::Io(_) => "io",
-        OfflineReason::Protocol(_) => "protocol",
-        OfflineReason::PeerError { .. } => "peer-error",
-        OfflineReason::Shutdown => "shutdown",
-    }
 }

@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pulsewire::{OfflineReason, PeerInfo, ServerEvent};
+use pulsewire::{PeerInfo, ServerEvent};
 use serde_json::Value;
 
 /// How events are printed.
@@ -92,23 +92,6 @@ impl<W: Write> Output<W> {
     }
 }
 
-/// The stable machine word for why a peer went offline (the `reason` field in JSON).
-pub fn reason_word(reason: &OfflineReason) -> &'static str {
-    match reason {
-        OfflineReason::Goodbye { .. } => "goodbye",
-        OfflineReason::Timeout { .. } => "timeout",
-        OfflineReason::Stalled => "stalled",
-        OfflineReason::WriteTimeout => "write-timeout",
-        OfflineReason::Replaced => "replaced",
-        OfflineReason::Eof => "eof",
-        OfflineReason::Reset => "reset",
-        OfflineReason::Io(_) => "io",
-        OfflineReason::Protocol(_) => "protocol",
-        OfflineReason::PeerError { .. } => "peer-error",
-        OfflineReason::Shutdown => "shutdown",
-    }
-}
-
 fn event_text(event: &ServerEvent) -> String {
     match event {
         ServerEvent::PeerOnline { peer } => {
@@ -132,7 +115,7 @@ fn event_json(event: &ServerEvent) -> String {
         ServerEvent::PeerOffline { peer, reason } => object(&[
             ("event", string("offline")),
             ("peer", string(peer.id.as_str())),
-            ("reason", string(reason_word(reason))),
+            ("reason", string(reason.word())),
             ("detail", string(&reason.to_string())),
         ]),
         ServerEvent::Message { peer, payload } => object(&[
@@ -242,6 +225,7 @@ fn printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use pulsewire::protocol::{ClientId, SessionId};
+    use pulsewire::OfflineReason;
 
     use super::*;
 
@@ -315,7 +299,7 @@ mod tests {
             OfflineReason::Reset,
             OfflineReason::Shutdown,
         ];
-        let words: Vec<_> = reasons.iter().map(reason_word).collect();
+        let words: Vec<_> = reasons.iter().map(OfflineReason::word).collect();
         assert_eq!(words, ["goodbye", "timeout", "stalled", "write-timeout", "replaced", "eof", "reset", "shutdown"]);
         let line = printed(Format::Json, |o| o.event(&offline(OfflineReason::Goodbye { reason: "quit".into() })));
         assert_eq!(json(&line)["detail"], "goodbye (quit)");

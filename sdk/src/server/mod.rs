@@ -274,6 +274,30 @@ pub enum OfflineReason {
 }
 
 impl OfflineReason {
+    /// A stable machine word for the reason, for logs and JSON: `goodbye`, `timeout`,
+    /// `stalled`, `write-timeout`, `replaced`, `eof`, `reset`, `io`, `protocol`, `peer-error`,
+    /// `shutdown`.
+    ///
+    /// ```
+    /// use pulsewire::OfflineReason;
+    /// assert_eq!(OfflineReason::Timeout { misses: 4 }.word(), "timeout");
+    /// ```
+    pub fn word(&self) -> &'static str {
+        match self {
+            OfflineReason::Goodbye { .. } => "goodbye",
+            OfflineReason::Timeout { .. } => "timeout",
+            OfflineReason::Stalled => "stalled",
+            OfflineReason::WriteTimeout => "write-timeout",
+            OfflineReason::Replaced => "replaced",
+            OfflineReason::Eof => "eof",
+            OfflineReason::Reset => "reset",
+            OfflineReason::Io(_) => "io",
+            OfflineReason::Protocol(_) => "protocol",
+            OfflineReason::PeerError { .. } => "peer-error",
+            OfflineReason::Shutdown => "shutdown",
+        }
+    }
+
     fn from_io(error: &std::io::Error) -> OfflineReason {
         use std::io::ErrorKind::*;
         match error.kind() {
