@@ -359,6 +359,12 @@ impl RawPeer {
     }
 }
 
+/// The counts of the `Missed` events among `events`, in order: a loss declared by the miss
+/// counter is preceded by `[.., 1, 2, …, max_missed - 1]`.
+pub fn missed_counts(events: &[Event]) -> Vec<u32> {
+    events.iter().filter_map(|e| if let Event::Missed { count, .. } = e { Some(*count) } else { None }).collect()
+}
+
 /// How many file descriptors this process has open.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(0)

@@ -87,11 +87,8 @@ pub(super) async fn run(
             }
             _ => {}
         }
-        // A connection that never saw a pulse does not count as recovery: keep backing off,
-        // so a server that accepts and drops at once is not hammered.
-        if outcome.healthy {
-            schedule.reset(Instant::now(), FirstAttempt::Delayed);
-        }
+        // Whether this was a recovery or a server that accepts and drops at once: the core decides.
+        schedule.connection_ended(Instant::now(), outcome.healthy);
         last_error = Some(Failure::Disconnected(outcome.reason));
     };
     shared.set(Phase::Closed(reason.clone()));

@@ -192,6 +192,16 @@ impl BackoffSchedule {
         self.started = now;
     }
 
+    /// A connection of this schedule ended at `now`. One that saw at least one pulse was a
+    /// real recovery: a new offline period starts, its first attempt after a jittered initial
+    /// delay. One that never saw a pulse (a server that accepts and drops at once) does not
+    /// count as recovery: the period goes on, with its growing delays and its attempt limit.
+    pub fn connection_ended(&mut self, now: Instant, saw_pulse: bool) {
+        if saw_pulse {
+            self.reset(now, FirstAttempt::Delayed);
+        }
+    }
+
     /// Attempts made in this offline period.
     pub fn attempts(&self) -> u32 {
         self.attempts
@@ -314,6 +324,20 @@ mod tests {
         assert_eq!(schedule.attempts(), 0);
         assert_eq!(schedule.next_attempt(now), Some(Duration::ZERO));
         assert_eq!(schedule.next_attempt(now), Some(ms(100)));
+    }
+
+    #[test]
+    fn only_a_connection_that_saw_a_pulse_starts_a_new_offline_period() {
+        let now = Instant::now();
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { max_attempts: Some(3), ..policy() }, 1);
+        schedule.reset(now, FirstAttempt::Immediate);
+        assert_eq!(schedule.next_attempt(now), Some(Duration::ZERO));
+        schedule.connection_ended(now, false);
+        assert_eq!(schedule.next_attempt(now), Some(ms(100)), "the same period goes on");
+        schedule.connection_ended(now, true);
+        assert_eq!(schedule.attempts(), 0);
+        assert_eq!(schedule.next_attempt(now), Some(ms(100)), "a new period, first attempt delayed");
+        assert_eq!(schedule.next_attempt(now), Some(ms(200)));
     }
 
     #[test]

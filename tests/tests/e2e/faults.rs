@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use pulsewire::{Client, ConnectError, DisconnectReason, Event, Failure};
-use pulsewire_tests::{next_event, start_client_process, DemoServer};
+use pulsewire_tests::{missed_counts, next_event, start_client_process, DemoServer};
 
 use crate::{client_config, patience, INTERVAL, INTERVAL_ARG, MAX_MISSED};
 
@@ -64,10 +64,7 @@ fn frozen_server_is_detected_by_missed_pulses_and_the_client_reconnects_after_si
         );
         assert_eq!(lost, Event::Disconnected { reason: DisconnectReason::PulseTimeout { missed: MAX_MISSED } });
         // The misses were counted up one by one before the loss was declared.
-        let counts: Vec<u32> = before
-            .iter()
-            .filter_map(|e| if let Event::Missed { count, .. } = e { Some(*count) } else { None })
-            .collect();
+        let counts = missed_counts(&before);
         assert!(counts.ends_with(&[1, 2]), "missed events before the loss: {counts:?}");
         // The last pulse came at most an interval before the freeze, so the loss cannot be
         // declared sooner than (max_missed - 1) intervals after it, nor later than the window.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pulsewire::{Client, ConnectError, DisconnectReason, Event, Failure, OfflineReason, ServerEvent, State};
 use pulsewire_tests::netns::{Cut, Netns};
-use pulsewire_tests::{next_event, next_in, open_fds, poll_until, skip};
+use pulsewire_tests::{missed_counts, next_event, next_in, open_fds, poll_until, skip};
 
 use crate::{bind, client_config, patience, scale, serial, server_config};
 
@@ -104,10 +104,7 @@ fn half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heal
 
             // The client: by its miss counter, the misses counted up one by one.
             assert_eq!(lost, Event::Disconnected { reason: DisconnectReason::PulseTimeout { missed: MAX_MISSED } });
-            let counts: Vec<u32> = before
-                .iter()
-                .filter_map(|e| if let Event::Missed { count, .. } = e { Some(*count) } else { None })
-                .collect();
+            let counts = missed_counts(&before);
             assert!(counts.ends_with(&[1, 2]), "missed events before the loss: {counts:?}");
             // The last pulse came at most one interval before the cut.
             assert!(lost_at - cut >= INTERVAL * (MAX_MISSED - 1), "declared too early: {client_took:?}");
