@@ -1,8 +1,10 @@
-//! The runtime seam: the only module that names `async-std` and `futures-timer`.
+//! The runtime seam: the only module that names `async-std` and `async-io`.
 //!
-//! Both bring their own reactor and timer threads, so everything built on this module runs
-//! under any executor (async-std, smol, tokio, `futures::executor`). Replacing either crate means
-//! changing this file only.
+//! Sockets and timers live on async-io's reactor (the one async-std itself runs on), which has a
+//! thread of its own, so everything built on this module runs under any executor (async-std,
+//! smol, tokio, `futures::executor`). Timers are the reactor's own: a timer costs no thread and
+//! no extra wake-up, where `futures-timer` woke its own thread for every timer set or re-armed.
+//! Replacing the runtime means changing this module only.
 
 use std::future::Future;
 use std::io;
@@ -69,7 +71,7 @@ where
 
 /// Waits `duration`.
 pub(crate) async fn sleep(duration: Duration) {
-    futures_timer::Delay::new(duration).await;
+    async_io::Timer::after(duration).await;
 }
 
 /// The time limit of [`timeout`] ran out.
@@ -79,31 +81,31 @@ pub(crate) struct Elapsed;
 /// Runs `task` for at most `limit`.
 pub(crate) async fn timeout<F: Future>(limit: Duration, task: F) -> Result<F::Output, Elapsed> {
     let task = std::pin::pin!(task);
-    match future::select(task, futures_timer::Delay::new(limit)).await {
+    match future::select(task, async_io::Timer::after(limit)).await {
         Either::Left((output, _)) => Ok(output),
         Either::Right(_) => Err(Elapsed),
     }
 }
 
-/// A reusable timer, re-armed for each deadline without a new registration.
+/// A reusable timer on the reactor, re-armed for each deadline.
 #[derive(Debug)]
-pub(crate) struct Timer(futures_timer::Delay);
+pub(crate) struct Timer(async_io::Timer);
 
 impl Timer {
     /// A timer firing at `deadline`.
     pub(crate) fn at(deadline: Instant) -> Timer {
-        Timer(futures_timer::Delay::new(deadline.saturating_duration_since(Instant::now())))
+        Timer(async_io::Timer::at(deadline))
     }
 
     /// Re-arms the timer for `deadline`.
     pub(crate) fn reset(&mut self, deadline: Instant) {
-        self.0.reset(deadline.saturating_duration_since(Instant::now()));
+        self.0.set_at(deadline);
     }
 }
 
 impl Future for Timer {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx)
+        Pin::new(&mut self.0).poll(cx).map(drop)
     }
 }
