@@ -29,7 +29,7 @@ fn close_and_shutdown_leave_no_task_running_and_no_socket_open() -> anyhow::Resu
             clients.push((client, events));
         }
         assert_eq!(server.online().await.len(), 5);
-        assert_eq!(server.live_tasks(), 2 + 2 * 5, "accept loop, hub, and a reader and a writer per peer");
+        assert_eq!(server.live_tasks(), 2 + 5, "accept loop, hub, and one task per peer");
 
         for (client, mut events) in clients {
             client.close().await;

@@ -11,4 +11,4 @@ mod online;
 pub use self::backoff::{BackoffSchedule, FirstAttempt, PolicyError, ReconnectPolicy};
 pub use cadence::Cadence;
 pub use miss::{MissCounter, Tick};
-pub use online::{ConnKey, Departed, Eviction, Joined, OnlineList, PeerInfo};
+pub use online::{ConnKey, Departed, Eviction, Joined, Observation, OnlineList, PeerInfo};

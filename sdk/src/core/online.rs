@@ -29,6 +29,18 @@ pub struct PeerInfo {
     pub misses: u32,
 }
 
+/// What the owner of the list learned about a peer outside it: the server's connection tasks
+/// record the time of each frame and each pulse's round trip themselves, and the list picks them
+/// up when it needs them ([`OnlineList::tick_observed`], [`OnlineList::observe`]) instead of
+/// taking one message per frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// When the peer's last frame arrived, if any arrived.
+    pub last_heard: Option<Instant>,
+    /// The round trip of its last answered pulse, if one was measured.
+    pub rtt: Option<Duration>,
+}
+
 /// A peer that left the list, handed back with the link the caller stored for it.
 #[derive(Debug)]
 pub struct Departed<L> {
@@ -59,6 +71,18 @@ struct Peer<L> {
     next_seq: u64,
     /// The last pulse sent, to time its answer.
     in_flight: Option<(u64, Instant)>,
+}
+
+impl<L> Peer<L> {
+    fn apply(&mut self, seen: Observation) {
+        if let Some(at) = seen.last_heard.filter(|&at| at > self.info.last_seen) {
+            self.info.last_seen = at;
+            self.seen_since_tick = true;
+        }
+        if let Some(rtt) = seen.rtt {
+            self.info.last_rtt = Some(rtt);
+        }
+    }
 }
 
 /// The online list with the server's liveness rule, as a plain data structure: no sockets, no
@@ -141,6 +165,14 @@ impl<L> OnlineList<L> {
         Joined { session, replaced }
     }
 
+    /// Applies what `observe` reports for every peer: a frame heard after the last one the list
+    /// knows counts as [`OnlineList::seen`], a round trip replaces the last one.
+    pub fn observe(&mut self, mut observe: impl FnMut(&L) -> Observation) {
+        for peer in self.peers.values_mut() {
+            peer.apply(observe(&peer.link));
+        }
+    }
+
     /// A frame arrived from the peer. Returns false for a key that is not online.
     pub fn seen(&mut self, key: ConnKey, now: Instant) -> bool {
         let Some(peer) = self.peers.get_mut(&key) else {
@@ -177,9 +209,38 @@ impl<L> OnlineList<L> {
     /// One pulse tick at `now`: applies the miss rule, then calls `pulse(link, seq)` for every
     /// peer still online. A peer for which `pulse` returns false is evicted as
     /// [`Eviction::Stalled`]. Returns the evicted peers.
-    pub fn tick(&mut self, now: Instant, mut pulse: impl FnMut(&L, u64) -> bool) -> Vec<(Departed<L>, Eviction)> {
+    pub fn tick(&mut self, now: Instant, pulse: impl FnMut(&L, u64) -> bool) -> Vec<(Departed<L>, Eviction)> {
+        self.tick_observed(now, |_| Observation::default(), pulse)
+    }
+
+    /// [`OnlineList::tick`], first applying what `observe` reports for each peer (as
+    /// [`OnlineList::observe`] does), in the same pass.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use pulsewire::core::{Observation, OnlineList};
+    /// use pulsewire::protocol::ClientId;
+    ///
+    /// let t0 = Instant::now();
+    /// let s = Duration::from_secs(1);
+    /// let mut list = OnlineList::new(1, 0);
+    /// list.join(1, ClientId::new("desk-1").unwrap(), "127.0.0.1:5000".parse().unwrap(), (), t0);
+    /// // The connection heard from its peer at t0 + 1.5 s, 2.5 s, …: never a miss.
+    /// for n in 1..10u32 {
+    ///     let heard = Observation { last_heard: Some(t0 + s * n - s / 2), rtt: None };
+    ///     assert!(list.tick_observed(t0 + s * n, |_| heard, |_, _| true).is_empty());
+    /// }
+    /// assert_eq!(list.peer(1).unwrap().misses, 0);
+    /// ```
+    pub fn tick_observed(
+        &mut self,
+        now: Instant,
+        mut observe: impl FnMut(&L) -> Observation,
+        mut pulse: impl FnMut(&L, u64) -> bool,
+    ) -> Vec<(Departed<L>, Eviction)> {
         let mut evicted = Vec::new();
         for (&key, peer) in &mut self.peers {
+            peer.apply(observe(&peer.link));
             if peer.seen_since_tick {
                 peer.info.misses = 0;
             } else {
@@ -297,6 +358,35 @@ mod tests {
             assert_eq!(rtt, Some(Duration::from_millis(3)));
         }
         assert_eq!(list.snapshot()[0].last_rtt, Some(Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn observed_frames_count_as_seen_and_only_newer_ones() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(1, 0);
+        list.join(1, id("a"), addr(), (), t0);
+        let heard = |at| move |_: &()| Observation { last_heard: Some(at), rtt: Some(Duration::from_millis(2)) };
+        // Heard after each tick: never evicted.
+        for n in 1..=5u32 {
+            assert!(list.tick_observed(t0 + I * n, heard(t0 + I * n - I / 2), |_, _| true).is_empty());
+        }
+        assert_eq!(list.peer(1).unwrap().last_rtt, Some(Duration::from_millis(2)));
+        // The same old time again is not a new frame: two silent ticks evict (max_missed 1).
+        let stale = t0 + I * 5 - I / 2;
+        assert!(list.tick_observed(t0 + I * 6, heard(stale), |_, _| true).is_empty());
+        let evicted = list.tick_observed(t0 + I * 7, heard(stale), |_, _| true);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].0.info.last_seen, stale);
+    }
+
+    #[test]
+    fn observe_updates_the_snapshot() {
+        let t0 = Instant::now();
+        let mut list = OnlineList::new(1, 0);
+        list.join(1, id("a"), addr(), (), t0);
+        list.observe(|_| Observation { last_heard: Some(t0 + I), rtt: Some(I / 10) });
+        let peer = &list.snapshot()[0];
+        assert_eq!((peer.last_seen, peer.last_rtt), (t0 + I, Some(I / 10)));
     }
 
     #[test]

@@ -115,8 +115,6 @@ pub struct Decoder {
     failed: Option<DecodeError>,
 }
 
-/// A buffer whose capacity grew beyond this is given back once it is empty.
-const SHRINK_ABOVE: usize = 64 * 1024;
 /// How many bytes [`Decoder::read_buf`] offers at least.
 const READ_CHUNK: usize = 512;
 
@@ -129,6 +127,24 @@ impl Decoder {
     /// The payload limit this decoder enforces.
     pub fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    /// How many received bytes wait for the rest of their frame (0 between frames).
+    ///
+    /// ```
+    /// use pulsewire::protocol::Decoder;
+    ///
+    /// let mut decoder = Decoder::new(64);
+    /// decoder.extend(b"PULSE 1\nPUL");
+    /// assert!(decoder.next_frame().unwrap().is_some());
+    /// assert_eq!(decoder.next_frame(), Ok(None));
+    /// assert_eq!(decoder.buffered(), 3);
+    /// ```
+    pub fn buffered(&self) -> usize {
+        match self.unfilled {
+            Some(start) => start,
+            None => self.buf.len(),
+        }
     }
 
     /// Appends received bytes.
@@ -184,7 +200,10 @@ impl Decoder {
         if let Err(error) = &result {
             self.failed = Some(error.clone());
         }
-        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+        // Between frames a decoder holds no memory: a server with thousands of idle peers
+        // keeps no buffer per peer, and allocating one for the next read costs far less than
+        // the read itself.
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
         }
         result
@@ -499,12 +518,18 @@ mod tests {
     }
 
     #[test]
-    fn large_buffer_is_released_once_drained() {
+    fn buffer_is_released_once_drained() {
         let mut decoder = Decoder::new(1 << 20);
         decoder.extend(b"DATA 200000\n");
         decoder.extend(&vec![0; 200_000]);
         assert!(matches!(decoder.next_frame(), Ok(Some(Frame::Data(_)))));
-        assert!(decoder.buf.capacity() <= SHRINK_ABOVE);
+        assert_eq!(decoder.buf.capacity(), 0);
+        let region = decoder.read_buf();
+        region[..8].copy_from_slice(b"PULSE 1\n");
+        decoder.filled(8);
+        assert_eq!(decoder.next_frame(), Ok(Some(Frame::Pulse { seq: 1 })));
+        assert_eq!(decoder.next_frame(), Ok(None));
+        assert_eq!((decoder.buffered(), decoder.buf.capacity()), (0, 0), "no memory held between frames");
     }
 
     #[test]

@@ -13,9 +13,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use async_io::Async;
 use futures::future::{self, Either};
+use futures::io::{AsyncRead as _, AsyncWriteExt as _};
 
-pub(crate) use async_std::net::{TcpListener, TcpStream};
+pub(crate) use async_std::net::TcpStream;
 
 /// Resolves `addr` ("host:port") and connects to the first address that answers.
 pub(crate) async fn connect(addr: &str) -> io::Result<TcpStream> {
@@ -30,34 +32,87 @@ pub(crate) async fn connect(addr: &str) -> io::Result<TcpStream> {
 /// The accept queue holds [`LISTEN_BACKLOG`] connections (the kernel caps it at
 /// `net.core.somaxconn`): a reconnect storm of thousands of clients must queue, not be dropped
 /// (the standard library's `listen(128)` overflowed in the benchmark's storm).
-pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<Listener> {
+    use socket2::{Domain, Socket as RawSocket, Type};
+    let socket = RawSocket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // As the standard library does on Unix: a restarted server can bind its port at once.
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    Ok(TcpListener::from(std::net::TcpListener::from(socket)))
+    Ok(Listener(Async::new(std::net::TcpListener::from(socket))?))
 }
 
 /// The listen backlog asked of the kernel.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
-/// Prepares an accepted socket.
-pub(crate) fn accepted(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)
+/// A listening socket on the reactor.
+#[derive(Debug)]
+pub(crate) struct Listener(Async<std::net::TcpListener>);
+
+impl Listener {
+    /// The next connection, with Nagle off (frames are small and latency-sensitive).
+    pub(crate) async fn accept(&self) -> io::Result<(Socket, SocketAddr)> {
+        let (stream, addr) = self.0.accept().await?;
+        stream.get_ref().set_nodelay(true)?;
+        Ok((Socket(stream), addr))
+    }
+
+    /// The address it listens on.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+}
+
+/// A server-side connection: a non-blocking socket on the reactor that a task can wait on and
+/// that anyone holding it can write to at once ([`Socket::try_write`]), without a task switch.
+#[derive(Debug)]
+pub(crate) struct Socket(Async<std::net::TcpStream>);
+
+impl Socket {
+    /// Reads into `buf`, registering for readiness when nothing is there.
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &self.0).poll_read(cx, buf)
+    }
+
+    /// Reads into `buf`.
+    pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        future::poll_fn(|cx| self.poll_read(cx, buf)).await
+    }
+
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        use std::io::Write as _;
+        let mut stream: &std::net::TcpStream = self.0.get_ref();
+        stream.write(buf)
+    }
+
+    /// Ready once the socket may take more bytes (registering for it otherwise).
+    pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_writable(cx)
+    }
+
+    /// Writes all of `buf`.
+    pub(crate) async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        (&self.0).write_all(buf).await
+    }
+
+    /// Shuts both directions; a concurrent read then returns end-of-file.
+    pub(crate) fn shutdown(&self) {
+        // The peer may be gone already; there is nothing left to do about a failure here.
+        let _ = self.0.get_ref().shutdown(Shutdown::Both);
+    }
+
+    /// Closes the write side (the peer reads end-of-file) and keeps reading possible.
+    pub(crate) fn shutdown_write(&self) {
+        let _ = self.0.get_ref().shutdown(Shutdown::Write);
+    }
 }
 
 /// Shuts both directions of a socket; a concurrent read then returns end-of-file.
 pub(crate) fn shutdown(stream: &TcpStream) {
     // The peer may be gone already; there is nothing left to do about a failure here.
     let _ = stream.shutdown(Shutdown::Both);
-}
-
-/// Closes the write side of a socket (the peer reads end-of-file) and keeps reading possible.
-pub(crate) fn shutdown_write(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// Runs a task in the background on async-std's executor.

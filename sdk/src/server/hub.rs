@@ -1,53 +1,38 @@
-//! The hub: the one owner of the online list, and the one pulse loop. Connection tasks send it
-//! messages; it never waits on a peer (every send to a peer is `try_send` into its bounded
-//! queue), so a slow peer cannot delay the others.
+//! The hub: the one owner of the online list, and the one pulse loop. Connection tasks tell it
+//! who joins and who leaves; what they hear in between they record on the shared [`Peer`], which
+//! the hub reads once per tick. It never waits on a peer: a pulse is one non-blocking write, and
+//! a peer whose socket has not taken its last frames is dropped as stalled, so a slow peer
+//! cannot delay the others.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_channel::TrySendError;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::{pin_mut, select_biased, FutureExt};
 
+use super::peer::{Peer, Refused};
 use super::{OfflineReason, ServerConfig, ServerEvent, ServerSendError};
 use crate::core::{Cadence, ConnKey, Departed, Eviction, OnlineList, PeerInfo};
 use crate::protocol::{ClientId, ErrorCode, Frame};
 use crate::rt;
 
-/// A peer's outbound queue, drained by its writer task.
-pub(super) type Link = async_channel::Sender<Frame>;
+/// The hub's handle on a peer.
+pub(super) type Link = Arc<Peer>;
 
 /// How many queued messages the hub handles per wake-up before it checks its timer again.
 const BATCH: usize = 256;
 
 pub(super) enum HubMsg {
-    /// A peer completed its handshake; `welcomed` says `true` once its `WELCOME` is queued, or
-    /// `false` when the server is full (the `ERROR full` is queued instead).
+    /// A peer completed its handshake; `welcomed` says `true` once its `WELCOME` is written or
+    /// queued, or `false` when the server is full (the `ERROR full` is queued instead).
     Join {
         key: ConnKey,
         id: ClientId,
         addr: SocketAddr,
-        link: Link,
+        peer: Link,
         welcomed: oneshot::Sender<bool>,
-    },
-    Seen {
-        key: ConnKey,
-    },
-    /// A pulse from the peer after messages: `done` says whether the peer is still online once
-    /// every message before it was handed to the application.
-    Barrier {
-        key: ConnKey,
-        done: oneshot::Sender<bool>,
-    },
-    Alive {
-        key: ConnKey,
-        seq: u64,
-    },
-    Data {
-        key: ConnKey,
-        payload: Bytes,
     },
     Leave {
         key: ConnKey,
@@ -86,11 +71,11 @@ pub(super) async fn run(
     let stopped = stop.recv().fuse();
     let halted = halt.recv().fuse();
     pin_mut!(stopped, halted);
-    loop {
+    let aborted = loop {
         select_biased! {
             // Aborted: the peers are cut without a word, as if the process had died.
-            _ = halted => return,
-            _ = stopped => break,
+            _ = halted => break true,
+            _ = stopped => break false,
             () = (&mut timer).fuse() => {
                 let now = Instant::now();
                 if cadence.poll(now) {
@@ -99,7 +84,7 @@ pub(super) async fn run(
                 timer.reset(cadence.next_deadline());
             }
             msg = rx.recv().fuse() => {
-                let Ok(msg) = msg else { break };
+                let Ok(msg) = msg else { break false };
                 hub.handle(msg);
                 for _ in 1..BATCH {
                     let Ok(msg) = rx.try_recv() else { break };
@@ -107,8 +92,25 @@ pub(super) async fn run(
                 }
             }
         }
+    };
+    if aborted {
+        hub.cut();
+    } else {
+        hub.shutdown();
     }
-    hub.shutdown();
+    // Whoever is still waiting for an answer gets one now: a connection whose `Join` came too
+    // late is told the server is shutting down (or just cut), the others see their reply fail.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let HubMsg::Join { peer, welcomed, .. } = msg {
+            if aborted {
+                peer.cut();
+            } else {
+                peer.close_with(Frame::bye("shutdown"));
+            }
+            let _ = welcomed.send(false);
+        }
+    }
 }
 
 impl Hub {
@@ -118,15 +120,13 @@ impl Hub {
     }
 
     fn tick(&mut self, now: Instant) {
-        let evicted = self.list.tick(now, |link, seq| {
-            // A closed queue means the connection is ending and its `Leave` is on the way.
-            !matches!(link.try_send(Frame::Pulse { seq }), Err(TrySendError::Full(_)))
-        });
+        let limit = self.config.outbound_queue;
+        let evicted = self.list.tick_observed(now, |peer| peer.observation(), |peer, seq| peer.pulse(seq, now, limit));
         for (gone, why) in evicted {
             let reason = match why {
                 Eviction::Timeout { misses } => {
                     let text = format!("no frame for {misses} pulse intervals");
-                    let _ = gone.link.try_send(Frame::error(ErrorCode::Timeout, text));
+                    gone.link.close_with(Frame::error(ErrorCode::Timeout, text));
                     OfflineReason::Timeout { misses }
                 }
                 Eviction::Stalled => OfflineReason::Stalled,
@@ -137,53 +137,34 @@ impl Hub {
 
     fn handle(&mut self, msg: HubMsg) {
         let now = Instant::now();
+        let limit = self.config.outbound_queue;
         match msg {
-            HubMsg::Join { key, id, addr, link, welcomed } => {
+            HubMsg::Join { key, id, addr, peer, welcomed } => {
                 let max = self.config.max_peers;
                 if self.list.len() >= max && self.list.link(&id).is_none() {
                     tracing::warn!(peer = %id, %addr, max, "connection refused: the server is full");
                     let text = format!("the server holds its maximum of {max} peers");
-                    let _ = link.try_send(Frame::error(ErrorCode::Full, text));
-                    link.close();
+                    peer.close_with(Frame::error(ErrorCode::Full, text));
                     let _ = welcomed.send(false);
                     return;
                 }
-                let joined = self.list.join(key, id, addr, link.clone(), now);
+                let joined = self.list.join(key, id, addr, peer.clone(), now);
                 let welcome = Frame::Welcome {
                     session: joined.session,
                     interval: self.config.interval,
                     max_missed: self.config.max_missed,
                 };
-                // The queue is new and empty: `WELCOME` is always its first frame, and the
-                // reader answers nothing before it is queued.
-                let _ = link.try_send(welcome);
+                // Nothing was written to the peer yet: `WELCOME` is always its first frame, and
+                // its connection answers nothing before it is told the peer joined.
+                let _ = peer.send(welcome, limit);
                 let _ = welcomed.send(true);
                 if let Some(old) = joined.replaced {
-                    let _ =
-                        old.link.try_send(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
+                    old.link.close_with(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
                     self.depart(old, OfflineReason::Replaced);
                 }
                 if let Some(peer) = self.list.peer(key) {
                     tracing::info!(peer = %peer.id, addr = %peer.addr, session = %peer.session, "peer online");
                     self.emit(ServerEvent::PeerOnline { peer: peer.clone() });
-                }
-            }
-            HubMsg::Seen { key } => {
-                self.list.seen(key, now);
-            }
-            HubMsg::Barrier { key, done } => {
-                // Messages are handled in the order they came: the ones before this pulse have
-                // been handed to the application already.
-                let _ = done.send(self.list.seen(key, now));
-            }
-            HubMsg::Alive { key, seq } => {
-                self.list.alive(key, seq, now);
-            }
-            HubMsg::Data { key, payload } => {
-                if self.list.seen(key, now) {
-                    if let Some(peer) = self.list.peer(key) {
-                        self.emit(ServerEvent::Message { peer: peer.id.clone(), payload });
-                    }
                 }
             }
             HubMsg::Leave { key, reason } => {
@@ -192,28 +173,33 @@ impl Hub {
                 }
             }
             HubMsg::Online { reply } => {
+                self.list.observe(|peer| peer.observation());
                 let _ = reply.send(self.list.snapshot());
             }
             HubMsg::SendTo { peer, payload, reply } => {
                 let result = match self.list.link(&peer) {
                     None => Err(ServerSendError::NotOnline(payload)),
-                    Some(link) => link.try_send(Frame::Data(payload)).map_err(|error| match error.into_inner() {
-                        Frame::Data(payload) => ServerSendError::Full(payload),
+                    Some(link) => link.send(Frame::Data(payload), limit).map_err(|refused| match refused {
+                        Refused::Full(Frame::Data(payload)) => ServerSendError::Full(payload),
+                        Refused::Closed(Frame::Data(payload)) => ServerSendError::NotOnline(payload),
                         _ => ServerSendError::Stopped,
                     }),
                 };
                 let _ = reply.send(result);
             }
             HubMsg::Broadcast { payload, reply } => {
-                let queued =
-                    self.list.links().filter(|(_, link)| link.try_send(Frame::Data(payload.clone())).is_ok()).count();
+                let queued = self
+                    .list
+                    .links()
+                    .filter(|(_, link)| link.send(Frame::Data(payload.clone()), limit).is_ok())
+                    .count();
                 let _ = reply.send(queued);
             }
         }
     }
 
-    /// Takes a peer out for good: its queue is closed (its writer sends what is left, then
-    /// closes the socket) and the application is told.
+    /// Takes a peer out for good: it is closed (its connection writes what is left, then closes
+    /// the socket) and the application is told.
     fn depart(&mut self, gone: Departed<Link>, reason: OfflineReason) {
         gone.link.close();
         let peer = gone.info;
@@ -228,8 +214,15 @@ impl Hub {
 
     fn shutdown(&mut self) {
         for gone in self.list.drain() {
-            let _ = gone.link.try_send(Frame::bye("shutdown"));
+            gone.link.close_with(Frame::bye("shutdown"));
             self.depart(gone, OfflineReason::Shutdown);
+        }
+    }
+
+    /// The server was aborted: every connection is cut, with no word and no event.
+    fn cut(&mut self) {
+        for gone in self.list.drain() {
+            gone.link.cut();
         }
     }
 }

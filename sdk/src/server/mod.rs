@@ -1,10 +1,11 @@
 //! The server engine: accept loop, handshakes, the online list's owner (the hub, which is also
-//! the one pulse loop), and two tasks per connection (reader and writer).
+//! the one pulse loop), and one task per connection.
 
 mod admission;
 mod config;
 mod conn;
 mod hub;
+mod peer;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -74,7 +75,7 @@ impl Server {
     /// Binds the listening socket and starts the server's tasks on the built-in (async-std)
     /// executor. Returns the handle and the stream of server events.
     pub async fn bind(config: ServerConfig) -> std::io::Result<(Server, ServerEvents)> {
-        let listener = rt::bind(config.listen).await?;
+        let listener = rt::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
         let config = Arc::new(config);
         let (hub_tx, hub_rx) = async_channel::bounded(4096);
@@ -88,6 +89,8 @@ impl Server {
         let ctx = Arc::new(conn::Context {
             config: config.clone(),
             hub: hub_tx.clone(),
+            events: event_tx.clone(),
+            epoch: std::time::Instant::now(),
             stop: stop_rx.clone(),
             halt: halt_rx,
             tracker: tracker.clone(),
@@ -156,8 +159,7 @@ impl Server {
         self.inner.gate.handshakes()
     }
 
-    /// How many of the server's tasks are running (accept loop, hub, two per connection, one
-    /// per connection being refused): 0 once [`Server::shutdown`] returned.
+    /// How many of the server's tasks are running (accept loop, hub, one per connection): 0 once [`Server::shutdown`] returned.
     pub fn live_tasks(&self) -> usize {
         self.inner.tracker.live()
     }

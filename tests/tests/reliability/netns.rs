@@ -183,7 +183,7 @@ fn flapping_link_leaks_no_descriptor_and_no_task_and_ends_online() -> anyhow::Re
             // Online, one peer: the state every cycle must come back to.
             let fds_before = open_fds();
             let tasks_before = (server.live_tasks(), client.live_tasks());
-            assert_eq!(tasks_before, (2 + 2, 1 + 3), "server: accept loop, hub, reader, writer; client: 4 tasks");
+            assert_eq!(tasks_before, (2 + 1, 1 + 3), "server: accept loop, hub, one per connection; client: 4 tasks");
 
             let started = Instant::now();
             let mut detections = Vec::new();

@@ -57,7 +57,7 @@ fn server_shutdown_with_a_thousand_peers_finishes_within_its_grace_and_leaves_no
         crowd.wait_each(patience(), &vec![0; n], |e| matches!(e, Event::Connected { .. }))?;
         eprintln!("{n} clients online after {:?}", connecting.elapsed());
         assert_eq!(server.online().await.len(), n);
-        assert_eq!(server.live_tasks(), 2 + 2 * n, "accept loop, hub, and a reader and a writer per peer");
+        assert_eq!(server.live_tasks(), 2 + n, "accept loop, hub, and one task per peer");
         assert_eq!(crowd.live_tasks(), 4 * n, "per client: reconnector, responder, checker, writer");
 
         let mark = crowd.mark();

@@ -1,0 +1,239 @@
+//! One online peer as the hub and its connection task share it: the socket, the bytes not yet
+//! written, and what the connection task observed (last frame, last round trip).
+//!
+//! Whoever has a frame for the peer writes it to the socket at once when nothing else is
+//! waiting ([`Peer::send`]): a pulse from the hub or an `ALIVE` from the connection task costs one
+//! non-blocking write and no task switch. Only what the socket does not take is kept, and the
+//! connection task is woken to write it when the socket drains. The lock orders all writes, so
+//! frames never interleave.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use futures::task::AtomicWaker;
+
+use crate::core::Observation;
+use crate::protocol::Frame;
+use crate::rt::Socket;
+
+/// An emptied write buffer larger than this is given back.
+const KEEP_CAPACITY: usize = 1024;
+
+pub(super) struct Peer {
+    socket: Socket,
+    out: Mutex<Outbox>,
+    /// The connection task, woken to write what is pending or to close.
+    task: AtomicWaker,
+    /// The server's clock: times below are nanoseconds since this instant, plus one (0 = never).
+    epoch: Instant,
+    heard: AtomicU64,
+    rtt: AtomicU64,
+    /// The last pulse written by the hub: its number and when it went out.
+    pulse_seq: AtomicU64,
+    pulse_at: AtomicU64,
+}
+
+#[derive(Default)]
+struct Outbox {
+    /// Encoded frames the socket has not taken yet.
+    pending: BytesMut,
+    /// Frames queued since the socket last took everything (the stall rule counts these).
+    queued: usize,
+    /// No more frames: the connection writes what is pending, then closes.
+    closed: bool,
+    /// Close at once, without writing anything more (the server was aborted).
+    cut: bool,
+}
+
+/// Why [`Peer::send`] did not take a frame; the frame is handed back.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// The socket has not taken the last `limit` frames: the peer does not read.
+    Full(Frame),
+    /// The peer is leaving.
+    Closed(Frame),
+}
+
+/// What the connection task must do after waiting on its outbox.
+pub(super) enum Outgoing {
+    /// Everything is written; keep serving.
+    Idle,
+    /// Everything is written and the peer is closed: close the connection.
+    Closed,
+    /// The server was aborted: cut the connection now.
+    Cut,
+}
+
+impl Peer {
+    pub(super) fn new(socket: Socket, epoch: Instant) -> Peer {
+        Peer {
+            socket,
+            out: Mutex::new(Outbox::default()),
+            task: AtomicWaker::new(),
+            epoch,
+            heard: AtomicU64::new(0),
+            rtt: AtomicU64::new(0),
+            pulse_seq: AtomicU64::new(0),
+            pulse_at: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    fn out(&self) -> MutexGuard<'_, Outbox> {
+        // An outbox is plain data: a panic elsewhere while it was locked leaves it usable.
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn instant(&self, stamp: u64) -> Option<Instant> {
+        stamp.checked_sub(1).map(|nanos| self.epoch + Duration::from_nanos(nanos))
+    }
+
+    /// Queues `frame`, writing it to the socket at once when nothing else is waiting. Refused
+    /// when the peer is closed, or when `limit` frames already wait for the socket.
+    pub(super) fn send(&self, frame: Frame, limit: usize) -> Result<(), Refused> {
+        let mut out = self.out();
+        if out.closed {
+            return Err(Refused::Closed(frame));
+        }
+        if out.queued >= limit {
+            return Err(Refused::Full(frame));
+        }
+        self.push(&mut out, &frame);
+        Ok(())
+    }
+
+    /// A pulse from the hub at `now`; false when the peer is stalled (`limit` frames waiting).
+    pub(super) fn pulse(&self, seq: u64, now: Instant, limit: usize) -> bool {
+        self.pulse_at.store(self.stamp(now), Ordering::Relaxed);
+        self.pulse_seq.store(seq, Ordering::Relaxed);
+        // A closed peer is leaving, and its departure is already on the way to the hub.
+        !matches!(self.send(Frame::Pulse { seq }, limit), Err(Refused::Full(_)))
+    }
+
+    fn push(&self, out: &mut Outbox, frame: &Frame) {
+        let idle = out.pending.is_empty();
+        frame.encode(&mut out.pending);
+        out.queued += 1;
+        if idle {
+            // A failed write is left for the connection task, which meets the error again.
+            if let Ok(n) = self.socket.try_write(&out.pending) {
+                out.pending.advance(n);
+            }
+            if out.pending.is_empty() {
+                out.drained();
+                return;
+            }
+            self.task.wake();
+        }
+    }
+
+    /// Queues `frame` whatever the limit, as the last one: the connection writes what is
+    /// pending, then closes.
+    pub(super) fn close_with(&self, frame: Frame) {
+        let mut out = self.out();
+        if !out.closed {
+            self.push(&mut out, &frame);
+        }
+        self.close_locked(&mut out);
+    }
+
+    /// No more frames: the connection writes what is pending, then closes.
+    pub(super) fn close(&self) {
+        self.close_locked(&mut self.out());
+    }
+
+    fn close_locked(&self, out: &mut Outbox) {
+        out.closed = true;
+        self.task.wake();
+    }
+
+    /// Closes the connection at once, whatever is pending.
+    pub(super) fn cut(&self) {
+        let mut out = self.out();
+        out.cut = true;
+        self.close_locked(&mut out);
+    }
+
+    /// Runs `f` unless the peer is closed; the hub closes a peer before it reports it offline,
+    /// so whatever `f` reports comes before that.
+    pub(super) fn unless_closed(&self, f: impl FnOnce()) -> bool {
+        let out = self.out();
+        if out.closed {
+            return false;
+        }
+        f();
+        true
+    }
+
+    /// Bytes waiting for the socket.
+    pub(super) fn pending(&self) -> usize {
+        self.out().pending.len()
+    }
+
+    /// Writes what is pending; registers the task to be woken when there is more to do.
+    pub(super) fn poll_outgoing(&self, cx: &mut Context<'_>) -> Poll<io::Result<Outgoing>> {
+        self.task.register(cx.waker());
+        let mut out = self.out();
+        if out.cut {
+            return Poll::Ready(Ok(Outgoing::Cut));
+        }
+        while !out.pending.is_empty() {
+            match self.socket.try_write(&out.pending) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => out.pending.advance(n),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if self.socket.poll_writable(cx)?.is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+        out.drained();
+        Poll::Ready(Ok(if out.closed { Outgoing::Closed } else { Outgoing::Idle }))
+    }
+
+    /// A frame arrived at `now`.
+    pub(super) fn heard(&self, now: Instant) {
+        self.heard.store(self.stamp(now), Ordering::Relaxed);
+    }
+
+    /// `ALIVE seq` arrived at `now`: its round trip, when it answers the last pulse.
+    pub(super) fn answered(&self, seq: u64, now: Instant) {
+        self.heard(now);
+        if self.pulse_seq.load(Ordering::Relaxed) == seq {
+            if let Some(sent) = self.instant(self.pulse_at.load(Ordering::Relaxed)) {
+                self.rtt.store(self.stamp(self.epoch + now.saturating_duration_since(sent)), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// What the connection task observed, for the online list.
+    pub(super) fn observation(&self) -> Observation {
+        Observation {
+            last_heard: self.instant(self.heard.load(Ordering::Relaxed)),
+            rtt: self.instant(self.rtt.load(Ordering::Relaxed)).map(|at| at - self.epoch),
+        }
+    }
+}
+
+impl Outbox {
+    fn drained(&mut self) {
+        self.queued = 0;
+        if self.pending.capacity() > KEEP_CAPACITY {
+            self.pending = BytesMut::new();
+        }
+    }
+}
