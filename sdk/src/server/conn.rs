@@ -234,6 +234,8 @@ impl Online<'_> {
         if self.peer.pending() > READ_PAUSE {
             return Poll::Pending; // The socket's writability wakes us.
         }
+        // Whether the last read took less than it could: the socket had nothing more then.
+        let mut emptied = false;
         for _ in 0..READS_PER_POLL {
             loop {
                 match self.decoder.next_frame() {
@@ -247,23 +249,37 @@ impl Online<'_> {
                 }
             }
             let socket = self.peer.socket();
+            if emptied {
+                // Wait for more without a read that would only say "nothing yet": the first
+                // answer may be the readiness the last read consumed, the second registers
+                // with the reactor, which reports at once whatever arrived in between.
+                for _ in 0..2 {
+                    match socket.poll_readable(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(error)) => return Poll::Ready(End::Failed(OfflineReason::from_io(&error))),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+            }
             let read = if self.decoder.buffered() > 0 {
                 // The rest of a frame: straight into the decoder's buffer.
-                socket.poll_read(cx, self.decoder.read_buf()).map_ok(|n| {
+                let region = self.decoder.read_buf();
+                let room = region.len();
+                socket.poll_read(cx, region).map_ok(|n| {
                     self.decoder.filled(n);
-                    n
+                    (n, room)
                 })
             } else {
                 let mut chunk = [0u8; READ_CHUNK];
                 socket.poll_read(cx, &mut chunk).map_ok(|n| {
                     self.decoder.extend(&chunk[..n]);
-                    n
+                    (n, READ_CHUNK)
                 })
             };
             match read {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return Poll::Ready(End::Failed(OfflineReason::Eof)),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok((0, _))) => return Poll::Ready(End::Failed(OfflineReason::Eof)),
+                Poll::Ready(Ok((n, room))) => emptied = n < room,
                 Poll::Ready(Err(error)) => return Poll::Ready(End::Failed(OfflineReason::from_io(&error))),
             }
         }
