@@ -237,3 +237,101 @@ impl Outbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::rt;
+
+    /// A peer over a real loopback connection, and the client's end of it.
+    fn pair() -> (Peer, TcpStream) {
+        futures::executor::block_on(async {
+            let listener = rt::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            (Peer::new(socket, Instant::now()), client)
+        })
+    }
+
+    fn poll_outgoing(peer: &Peer) -> Poll<io::Result<Outgoing>> {
+        peer.poll_outgoing(&mut Context::from_waker(futures::task::noop_waker_ref()))
+    }
+
+    #[test]
+    fn a_frame_is_written_at_once_without_any_task() {
+        let (peer, client) = pair();
+        assert!(peer.pulse(7, Instant::now(), 4));
+        assert_eq!(peer.pending(), 0);
+        let mut line = String::new();
+        BufReader::new(client).read_line(&mut line).unwrap();
+        assert_eq!(line, "PULSE 7\n");
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_is_full_after_limit_frames_and_keeps_their_order() {
+        let (peer, mut client) = pair();
+        let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut sent = 0;
+        // Fill the socket's buffers until frames start to wait, then `limit` more are taken.
+        while peer.pending() == 0 {
+            peer.send(Frame::Data(payload.clone()), 3).unwrap();
+            sent += 1;
+            assert!(sent < 1000, "the socket never filled up");
+        }
+        peer.send(Frame::Data(payload.clone()), 3).unwrap();
+        peer.send(Frame::Data(payload.clone()), 3).unwrap();
+        sent += 2;
+        assert!(matches!(peer.send(Frame::Pulse { seq: 1 }, 3), Err(Refused::Full(Frame::Pulse { seq: 1 }))));
+        assert!(!peer.pulse(2, Instant::now(), 3), "a pulse to a full peer reports it stalled");
+        // Answers are not limited; closing queues the last frame whatever the limit.
+        peer.send(Frame::Alive { seq: 9 }, usize::MAX).unwrap();
+        peer.close_with(Frame::bye("shutdown"));
+        assert!(matches!(peer.send(Frame::Pulse { seq: 3 }, usize::MAX), Err(Refused::Closed(_))));
+
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).unwrap();
+            all
+        });
+        let flushed = loop {
+            match poll_outgoing(&peer) {
+                Poll::Ready(result) => break result,
+                Poll::Pending => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        assert!(matches!(flushed, Ok(Outgoing::Closed)));
+        assert_eq!(peer.pending(), 0);
+        peer.socket().shutdown();
+        let all = reader.join().unwrap();
+        let header = format!("DATA {}\n", payload.len());
+        let frame_len = header.len() + payload.len();
+        assert_eq!(all.len(), sent * frame_len + "ALIVE 9\nBYE shutdown\n".len());
+        assert!(all[..frame_len].starts_with(header.as_bytes()));
+        assert!(all.ends_with(b"xALIVE 9\nBYE shutdown\n"), "frames in order, none torn");
+    }
+
+    #[test]
+    fn a_cut_peer_stops_at_once() {
+        let (peer, _client) = pair();
+        peer.cut();
+        assert!(matches!(poll_outgoing(&peer), Poll::Ready(Ok(Outgoing::Cut))));
+        assert!(matches!(peer.send(Frame::Pulse { seq: 1 }, 8), Err(Refused::Closed(_))));
+    }
+
+    #[test]
+    fn observations_carry_the_last_frame_and_the_round_trip_of_the_last_pulse() {
+        let (peer, _client) = pair();
+        assert_eq!(peer.observation(), Observation::default());
+        let sent = Instant::now();
+        assert!(peer.pulse(5, sent, 8));
+        peer.answered(4, sent + Duration::from_millis(1)); // an older pulse: no round trip
+        assert_eq!(peer.observation().rtt, None);
+        peer.answered(5, sent + Duration::from_millis(3));
+        let seen = peer.observation();
+        assert_eq!(seen.rtt, Some(Duration::from_millis(3)));
+        assert_eq!(seen.last_heard, Some(sent + Duration::from_millis(3)));
+    }
+}
