@@ -11,7 +11,7 @@ use std::task::Poll;
 
 use futures::channel::oneshot;
 use futures::future::poll_fn;
-use futures::Future;
+use futures::{Future, FutureExt};
 
 use super::admission::{Admitted, Gate, Slot};
 use super::hub::HubMsg;
@@ -152,7 +152,15 @@ async fn serve(socket: Socket, addr: SocketAddr, key: u64, slot: &mut Slot, ctx:
 /// Reads the peer's `HELLO`; `None` once the connection was refused or closed.
 async fn handshake(socket: &Socket, addr: SocketAddr, decoder: &mut Decoder, ctx: &Context) -> Option<ClientId> {
     let config = &ctx.config;
-    let first = unless(&ctx.stop, rt::timeout(config.handshake_timeout, first_frame(socket, decoder))).await;
+    let mut reading = std::pin::pin!(first_frame(socket, decoder));
+    // In a reconnect storm the `HELLO` is usually in the socket before the connection is
+    // accepted: it is read at once, with no timer set and cancelled for it (each one a
+    // wake-up of the reactor).
+    let first = match (&mut reading).now_or_never() {
+        Some(_) if ctx.stop.is_closed() => None,
+        Some(frame) => Some(Ok(frame)),
+        None => unless(&ctx.stop, rt::timeout(config.handshake_timeout, reading)).await,
+    };
     let hello = match first {
         None => {
             reject(socket, addr, Frame::error(ErrorCode::Shutdown, "the server is shutting down")).await;
