@@ -140,8 +140,8 @@ impl ServerConfigBuilder {
         self
     }
 
-    /// How many frames may wait for one peer (default 64). A peer so slow that its queue is
-    /// full when a pulse is due is dropped, so that it never delays the others.
+    /// How many frames may wait for one peer's socket to take them (default 64). A peer so slow
+    /// that this many wait when a pulse is due is dropped, so that it never delays the others.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.outbound_queue = frames;
         self
