@@ -1,5 +1,6 @@
 //! The embedded client: one idle SDK client, started the way a desktop application starts it
-//! (`Client::start`, the built-in runtime), with an application thread reading its events.
+//! (`Client::start`: the driver runs on the reactor's thread when a pulse wakes it), with an
+//! application thread reading its events.
 //!
 //! The report measures this process from outside (`/proc`), so the process itself does
 //! nothing periodic: it prints `{"event":"baseline"}` once the runtime is warm (a throwaway
@@ -24,9 +25,10 @@ pub struct EmbeddedArgs {
     /// The client id.
     #[arg(long, default_value = "embedded-1")]
     pub id: String,
-    /// How the client's driver runs: `start` is `Client::start` (the built-in runtime);
-    /// `block-on` is `Client::new` with the driver on a thread of its own under
-    /// `smol::block_on`, which waits for I/O in the reactor itself.
+    /// How the client's driver runs: `start` is `Client::start`; `block-on` is `Client::new`
+    /// with the driver on a thread of its own under `smol::block_on`, which waits for I/O in
+    /// the reactor itself; `thread` is `Client::new` with the driver on a thread of its own
+    /// under `futures::executor::block_on`, which only parks.
     #[arg(long, value_enum, default_value = "start")]
     pub driver: DriverMode,
 }
@@ -38,6 +40,8 @@ pub enum DriverMode {
     Start,
     /// `Client::new` + a thread running `smol::block_on(driver)`.
     BlockOn,
+    /// `Client::new` + a thread running `futures::executor::block_on(driver)`.
+    Thread,
 }
 
 /// Runs the embedded client until stdin closes.
@@ -55,6 +59,11 @@ pub fn run(args: EmbeddedArgs) -> anyhow::Result<()> {
         DriverMode::BlockOn => {
             let (client, events, driver) = Client::new(config);
             std::thread::Builder::new().name("driver".into()).spawn(move || smol::block_on(driver))?;
+            (client, events)
+        }
+        DriverMode::Thread => {
+            let (client, events, driver) = Client::new(config);
+            std::thread::Builder::new().name("driver".into()).spawn(move || futures::executor::block_on(driver))?;
             (client, events)
         }
     };
@@ -85,8 +94,9 @@ pub fn run(args: EmbeddedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the built-in runtime (executor, reactor and timer threads) with a client that finds
-/// nobody listening, and closes it: what is left is the runtime's own footprint.
+/// Starts the runtime (async-io's reactor thread, the SDK's helper thread that `close` wakes)
+/// with a client that finds nobody listening, and closes it: what is left is the runtime's own
+/// footprint.
 fn warm_up() -> anyhow::Result<()> {
     let config = ClientConfig::builder("127.0.0.1:1", "warm-up")
         .initial_delay(Duration::from_millis(10))

@@ -197,3 +197,51 @@ fn aborted_server_is_noticed_from_the_socket_without_a_goodbye() {
         );
     });
 }
+
+#[test]
+fn silent_server_is_reported_missed_then_lost_inside_the_protocol_window() {
+    // A server that welcomes the client (50 ms interval, 3 misses), pulses five times, then
+    // falls silent with the connection open.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let interval = Duration::from_millis(50);
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("accept");
+        let mut hello = [0u8; 64];
+        let _ = socket.read(&mut hello).expect("hello");
+        socket.write_all(b"WELCOME s1 50 3\n").expect("welcome");
+        for seq in 1..=5 {
+            std::thread::sleep(interval);
+            socket.write_all(format!("PULSE {seq}\n").as_bytes()).expect("pulse");
+        }
+        // Read until the client gives up: its answers, then its `ERROR timeout`.
+        let mut heard = Vec::new();
+        let _ = socket.read_to_end(&mut heard);
+        String::from_utf8_lossy(&heard).into_owned()
+    });
+    smol::block_on(async {
+        let config = quick(&addr, "patient").max_attempts(1).build().expect("config");
+        let (_client, mut events) = Client::start(config);
+        wait_for(&mut events, |e| matches!(e, Event::Pulse { seq: 5, .. })).await;
+        let last_pulse = std::time::Instant::now();
+        let mut missed = Vec::new();
+        let lost = wait_for(&mut events, |e| {
+            if let Event::Missed { count, max } = e {
+                missed.push((*count, *max, last_pulse.elapsed()));
+            }
+            matches!(e, Event::Disconnected { .. })
+        })
+        .await;
+        let window = last_pulse.elapsed();
+        assert_eq!(lost, Event::Disconnected { reason: pulsewire::DisconnectReason::PulseTimeout { missed: 3 } });
+        assert_eq!(missed.iter().map(|&(count, max, _)| (count, max)).collect::<Vec<_>>(), [(1, 3), (2, 3)]);
+        // Missed 1 at the second tick after the last pulse, one interval after the first.
+        let first = missed[0].2;
+        assert!(first > interval - Duration::from_millis(10) && first < interval * 3, "missed 1 after {first:?}");
+        // Lost between 3 and 4 intervals after the last pulse (a little slack for scheduling).
+        assert!(window > interval * 3 - Duration::from_millis(10) && window < interval * 5, "lost after {window:?}");
+    });
+    let heard = server.join().expect("server thread");
+    assert!(heard.contains("ALIVE 5\n"), "every pulse was answered: {heard:?}");
+    assert!(heard.contains("ERROR timeout"), "the client said why it left: {heard:?}");
+}

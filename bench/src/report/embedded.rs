@@ -28,8 +28,8 @@ pub struct Second {
 /// What the embedded client measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Embedded {
-    /// How its driver ran: `start` (`Client::start`) or `block-on` (`smol::block_on` on a
-    /// thread of its own).
+    /// How its driver ran: `start` (`Client::start`), `block-on` (`smol::block_on` on a
+    /// thread of its own) or `thread` (`futures::executor::block_on` on a thread of its own).
     pub driver: String,
     /// The window, s.
     pub window_s: f64,
@@ -57,7 +57,7 @@ pub struct Embedded {
 }
 
 /// Runs the embedded client against a fresh server for `window`, its driver run as `driver`
-/// says (`start` or `block-on`).
+/// says (`start`, `block-on` or `thread`).
 pub fn run(run: &Run, window: Duration, driver: &str) -> anyhow::Result<Embedded> {
     let settings = &run.settings;
     let log = run.out_dir.join("demo-server-embedded.log");

@@ -1,12 +1,13 @@
 //! The driver: the reconnector loop, and for each connection the responder, the checker and the
 //! writer. A thin shell: every decision is taken by the pure core (`BackoffSchedule`,
-//! `MissCounter`, `Cadence`, `Decoder`).
+//! `MissWatch`, `Decoder`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::channel::mpsc;
 use futures::future::FusedFuture;
 use futures::future::{self, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +17,7 @@ use super::event::is_fatal_code;
 use super::ledger::Ledger;
 use super::{lock, ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, Link, Phase};
 use super::{Probe, ProtocolViolation, Shared, TaskCount};
-use crate::core::{BackoffSchedule, Cadence, FirstAttempt, MissCounter, Tick};
+use crate::core::{BackoffSchedule, FirstAttempt, MissWatch, Tick};
 use crate::protocol::{Decoder, ErrorCode, Frame, SessionId, PROTOCOL_VERSION};
 use crate::rt::{self, TcpStream};
 
@@ -26,12 +27,16 @@ const BATCH_BYTES: usize = 64 * 1024;
 const CONTROL_QUEUE: usize = 64;
 
 /// Hands events to the application; the channel is unbounded, so this never waits.
-pub(super) struct Emit(async_channel::Sender<Event>);
+///
+/// It is `futures`' channel rather than async-channel's: that one wakes the reader with its
+/// listener list locked, and a reader woken on another core then often finds the list still
+/// locked and sleeps once more on the lock, a second wake-up of the application per event.
+pub(super) struct Emit(mpsc::UnboundedSender<Event>);
 
 impl Emit {
     fn send(&self, event: Event) {
         // Fails only when the application dropped its `Events`: it chose not to listen.
-        let _ = self.0.try_send(event);
+        let _ = self.0.unbounded_send(event);
     }
 }
 
@@ -39,7 +44,7 @@ impl Emit {
 pub(super) async fn run(
     config: Arc<ClientConfig>,
     shared: Arc<Shared>,
-    events: async_channel::Sender<Event>,
+    events: mpsc::UnboundedSender<Event>,
     close: async_channel::Receiver<()>,
     done: async_channel::Sender<()>,
 ) {
@@ -199,22 +204,25 @@ async fn session(
     let (finish_tx, finish_rx) = async_channel::bounded(1);
     // The responder rings this whenever an answer confirmed messages; a closing writer waits on it.
     let (confirmed_tx, confirmed_rx) = async_channel::bounded(1);
+    let watch = MissWatch::new(Instant::now(), interval, max_missed);
+    let max_missed = watch.max_missed();
     let link = Arc::new(Link {
         session,
-        misses: MissCounter::new(max_missed),
+        watch: Mutex::new(watch),
         control: control_tx,
         data: data_tx,
         ledger: Mutex::default(),
     });
     // Online before the application hears of it, so that a send right after `Connected` works.
     shared.set(Phase::Online(link.clone()));
-    emit.send(Event::Connected { session: link.session.clone(), interval, max_missed: link.misses.max_missed() });
+    emit.send(Event::Connected { session: link.session.clone(), interval, max_missed });
     let healthy = AtomicBool::new(false);
-    let (first_pulse_tx, first_pulse) = async_channel::bounded(1);
+    // The responder rings this on every frame: the checker's deadline moved.
+    let (frame_tx, frame_rx) = async_channel::bounded(1);
     let tasks = &shared.tasks;
 
-    let responder = responder(&stream, decoder, &link, emit, &healthy, &first_pulse_tx, &confirmed_tx, tasks).fuse();
-    let checker = checker(&link.misses, interval, emit, &first_pulse, tasks).fuse();
+    let responder = responder(&stream, decoder, &link, emit, &healthy, &frame_tx, &confirmed_tx, tasks).fuse();
+    let checker = checker(&link.watch, emit, &frame_rx, tasks).fuse();
     let queues = WriterQueues { control: &control_rx, data: &data_rx, finish: &finish_rx, confirmed: &confirmed_rx };
     let writer = writer(&stream, queues, &link.ledger, tasks).fuse();
     let closed = close.recv().fuse();
@@ -258,9 +266,11 @@ async fn session(
     }
     rt::shutdown(&stream);
 
-    // Hand back every message the server did not confirm, in the order they were sent.
+    // Hand back every message the server did not confirm, in the order they were sent. The
+    // ledger is taken out first: events and failed probes wake the application, which must
+    // find no lock held.
     data_rx.close();
-    let mut ledger = lock(&link.ledger);
+    let mut ledger = std::mem::take(&mut *lock(&link.ledger));
     let mut unsent = ledger.unconfirmed();
     while let Ok(payload) = data_rx.try_recv() {
         unsent.push(payload);
@@ -274,8 +284,8 @@ async fn session(
 }
 
 /// The responder: reads frames, answers each `PULSE` with `ALIVE` at once, resets the miss
-/// counter on every frame, delivers messages, and settles the client's own pulses (probe round
-/// trips, message confirmations).
+/// count on every frame (and tells the checker), delivers messages, and settles the client's
+/// own pulses (probe round trips, message confirmations).
 #[allow(clippy::too_many_arguments)]
 async fn responder(
     stream: &TcpStream,
@@ -283,7 +293,7 @@ async fn responder(
     link: &Link,
     emit: &Emit,
     healthy: &AtomicBool,
-    first_pulse: &async_channel::Sender<Instant>,
+    frame_seen: &async_channel::Sender<()>,
     confirmed: &async_channel::Sender<()>,
     tasks: &TaskCount,
 ) -> DisconnectReason {
@@ -296,14 +306,18 @@ async fn responder(
                 Ok(None) => break,
                 Err(error) => return DisconnectReason::Protocol(ProtocolViolation::Decode(error)),
             };
-            let forgiven = link.misses.reset();
+            let now = Instant::now();
+            let forgiven = match frame {
+                Frame::Pulse { .. } => lock(&link.watch).pulse(now),
+                _ => lock(&link.watch).frame(now),
+            };
+            // A full channel already holds a ring: the checker looks at the watch.
+            let _ = frame_seen.try_send(());
             match frame {
                 Frame::Pulse { seq } => {
                     // The control queue lives as long as the link: sending cannot fail here.
                     let _ = link.control.send(Frame::Alive { seq }).await;
-                    if !healthy.swap(true, Ordering::Relaxed) {
-                        let _ = first_pulse.try_send(Instant::now());
-                    }
+                    healthy.store(true, Ordering::Relaxed);
                     emit.send(Event::Pulse { seq, misses_reset: forgiven });
                 }
                 Frame::Alive { seq } => {
@@ -332,45 +346,42 @@ async fn responder(
     }
 }
 
-/// The checker: every interval, ticks the miss counter; past the limit the connection is lost.
-/// Its ticks are aligned half an interval away from the server's pulses once the first one
-/// arrived, so that jitter in their arrival does not count as a miss.
+/// The checker: sleeps until the watch's deadline, the first tick at which a miss can be
+/// reported, and then applies every tick that elapsed; past the limit the connection is lost.
+/// Every frame moves the deadline (the responder rings), so while pulses keep arriving the
+/// timer is re-armed and never fires.
 async fn checker(
-    misses: &MissCounter,
-    interval: Duration,
+    watch: &Mutex<MissWatch>,
     emit: &Emit,
-    first_pulse: &async_channel::Receiver<Instant>,
+    frame_seen: &async_channel::Receiver<()>,
     tasks: &TaskCount,
 ) -> DisconnectReason {
     let _task = tasks.enter();
-    let mut cadence = Cadence::new(Instant::now(), interval);
-    let mut timer = rt::Timer::at(cadence.next_deadline());
-    let mut aligned = false;
+    let mut armed = lock(watch).deadline();
+    let mut timer = rt::Timer::at(armed);
+    let max = lock(watch).max_missed();
     loop {
-        if aligned {
-            (&mut timer).await;
-        } else {
-            select_biased! {
-                () = (&mut timer).fuse() => {}
-                at = first_pulse.recv().fuse() => {
-                    aligned = true;
-                    if let Ok(at) = at {
-                        cadence.align(at);
-                        timer.reset(cadence.next_deadline());
-                    }
-                    continue;
-                }
+        let fired = select_biased! {
+            // The responder's ring goes first: a frame that arrived with the deadline counts.
+            // (Its sender lives in `session` as long as this checker: `recv` cannot fail.)
+            _ = frame_seen.recv().fuse() => false,
+            () = (&mut timer).fuse() => true,
+        };
+        let now = Instant::now();
+        loop {
+            // One tick at a time, so that no lock is held while the application is told.
+            let tick = lock(watch).poll(now);
+            match tick {
+                None => break,
+                Some(Tick::Healthy) => {}
+                Some(Tick::Missed { missed }) => emit.send(Event::Missed { count: missed, max }),
+                Some(Tick::Lost { missed }) => return DisconnectReason::PulseTimeout { missed },
             }
         }
-        let due = cadence.poll(Instant::now());
-        timer.reset(cadence.next_deadline());
-        if !due {
-            continue;
-        }
-        match misses.tick() {
-            Tick::Healthy => {}
-            Tick::Missed { missed } => emit.send(Event::Missed { count: missed, max: misses.max_missed() }),
-            Tick::Lost { missed } => return DisconnectReason::PulseTimeout { missed },
+        let deadline = lock(watch).deadline();
+        if fired || deadline != armed {
+            timer.reset(deadline);
+            armed = deadline;
         }
     }
 }

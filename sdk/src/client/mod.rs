@@ -15,10 +15,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::channel::oneshot;
-use futures::Stream;
+use futures::channel::{mpsc, oneshot};
+use futures::{Stream, StreamExt as _};
 
-use crate::core::MissCounter;
+use crate::core::MissWatch;
 use crate::protocol::{Frame, SessionId};
 use ledger::Ledger;
 
@@ -83,16 +83,32 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts a client whose driver runs on the built-in (async-std) executor.
+    /// Starts a client whose driver runs on the reactor's thread whenever the reactor wakes
+    /// it: no executor thread.
+    ///
+    /// The driver's first step (starting to connect) runs inside this call; after that, a
+    /// pulse wakes the reactor's thread, which answers it at once, and a call that hands the
+    /// driver work ([`Client::send`], [`Client::probe`], [`Client::close`], dropping the last
+    /// handle) wakes a helper thread of the SDK's, which runs that step. No step waits for I/O
+    /// or time: it decodes, writes what the socket takes at once, re-arms a timer or hands an
+    /// event over. An idle client thus costs one wake-up per pulse interval, of the reactor's
+    /// thread. To run the driver on an executor or a thread of your choice instead, use
+    /// [`Client::new`].
     pub fn start(config: ClientConfig) -> (Client, Events) {
         let (client, events, driver) = Client::new(config);
-        crate::rt::spawn(driver);
+        crate::rt::local::spawn(driver);
         (client, events)
     }
 
     /// Creates a client and its driver without running it: poll the [`Driver`] on any
     /// executor (`smol::spawn`, `tokio::spawn`, a thread with `futures::executor::block_on`).
     /// Nothing connects until the driver runs.
+    ///
+    /// Sockets and timers wait on async-io's reactor, which has a thread of its own, so the
+    /// executor needs no I/O support. Note that while any thread of the process runs
+    /// `async_io::block_on` (`smol::block_on`, async-std's executor threads), the reactor's
+    /// thread naps in short steps after every event, several wake-ups per pulse where it
+    /// would otherwise sleep until the next one.
     ///
     /// ```
     /// use pulsewire::{Client, ClientConfig, State};
@@ -107,10 +123,10 @@ impl Client {
         let shared = Arc::new(Shared { phase: Mutex::new(Phase::Offline), tasks: TaskCount::default() });
         let (close_tx, close_rx) = async_channel::bounded(1);
         let (done_tx, done_rx) = async_channel::bounded(1);
-        let (event_tx, event_rx) = async_channel::unbounded();
+        let (event_tx, event_rx) = mpsc::unbounded();
         let driver = driver::run(config.clone(), shared.clone(), event_tx, close_rx, done_tx);
         let inner = Inner { config, shared, close: close_tx, done: done_rx };
-        (Client { inner: Arc::new(inner) }, Events { rx: Box::pin(event_rx) }, Driver(Box::pin(driver)))
+        (Client { inner: Arc::new(inner) }, Events { rx: event_rx }, Driver(Box::pin(driver)))
     }
 
     /// The client's configuration.
@@ -123,7 +139,7 @@ impl Client {
         match &*self.inner.shared.phase() {
             Phase::Offline => State::Offline,
             Phase::Connecting { attempt } => State::Connecting { attempt: *attempt },
-            Phase::Online(link) => State::Online { session: link.session.clone(), misses: link.misses.missed() },
+            Phase::Online(link) => State::Online { session: link.session.clone(), misses: lock(&link.watch).missed() },
             Phase::BackingOff { attempt, next_delay, retry_at } => {
                 State::BackingOff { attempt: *attempt, next_delay: *next_delay, retry_at: *retry_at }
             }
@@ -252,7 +268,7 @@ impl Future for Driver {
 /// them.
 #[derive(Debug)]
 pub struct Events {
-    rx: Pin<Box<async_channel::Receiver<Event>>>,
+    rx: mpsc::UnboundedReceiver<Event>,
 }
 
 impl Events {
@@ -265,7 +281,7 @@ impl Events {
 impl Stream for Events {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.as_mut().poll_next(cx)
+        self.rx.poll_next_unpin(cx)
     }
 }
 
@@ -321,7 +337,8 @@ pub(crate) enum Phase {
 /// One live connection, as the handle reaches it.
 pub(crate) struct Link {
     session: SessionId,
-    misses: MissCounter,
+    /// When the checker looks next, and the misses it counted; the responder resets it.
+    watch: Mutex<MissWatch>,
     control: async_channel::Sender<Frame>,
     data: async_channel::Sender<Bytes>,
     /// Probes waiting for their answer, messages waiting for their confirmation.

@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The longest interval a schedule keeps: a year.
+const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Ticks every `interval` from a start time, without drift: tick *n* is due at
 /// `start + n × interval`. A caller that wakes late (a busy machine, a suspended laptop) gets one
 /// tick for all the overdue ones, and the schedule continues from the next multiple, so a
@@ -28,9 +31,10 @@ pub struct Cadence {
 
 impl Cadence {
     /// A schedule whose first tick is one interval after `start` (an interval of zero is
-    /// treated as one millisecond).
+    /// treated as one millisecond, and one above a year as a year, so that no deadline
+    /// overflows whatever interval a peer announces).
     pub fn new(start: Instant, interval: Duration) -> Cadence {
-        let interval = interval.max(Duration::from_millis(1));
+        let interval = interval.clamp(Duration::from_millis(1), MAX_INTERVAL);
         Cadence { interval, next: start + interval }
     }
 
@@ -61,6 +65,34 @@ impl Cadence {
     /// ```
     pub fn align(&mut self, reference: Instant) {
         self.next = reference + self.interval / 2;
+    }
+
+    /// The first tick strictly after `instant`, on this schedule's grid (the next deadline plus
+    /// or minus whole intervals), without moving the schedule. A caller that sleeps through
+    /// several ticks on purpose uses it to name each of them afterwards, where
+    /// [`Cadence::poll`] would fold them into one.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use pulsewire::core::Cadence;
+    ///
+    /// let start = Instant::now();
+    /// let ms = Duration::from_millis;
+    /// let cadence = Cadence::new(start, ms(100)); // ticks at 100 ms, 200 ms, …
+    /// assert_eq!(cadence.tick_after(start + ms(250)), start + ms(300));
+    /// assert_eq!(cadence.tick_after(start + ms(300)), start + ms(400)); // strictly after
+    /// assert_eq!(cadence.tick_after(start), start + ms(100));
+    /// ```
+    pub fn tick_after(&self, instant: Instant) -> Instant {
+        let steps = |span: Duration| u32::try_from(span.as_nanos() / self.interval.as_nanos()).unwrap_or(u32::MAX);
+        if instant < self.next {
+            // The latest grid point after `instant`, counting back from the next deadline: a
+            // span of exactly n intervals lands n - 1 intervals back (strictly after).
+            let behind = self.next.duration_since(instant) - Duration::from_nanos(1);
+            self.next - self.interval * steps(behind)
+        } else {
+            self.next + self.interval * steps(instant.duration_since(self.next)).saturating_add(1)
+        }
     }
 
     /// Whether a tick is due at `now`; if so, the schedule moves to the next deadline after

@@ -10,5 +10,5 @@ mod online;
 
 pub use self::backoff::{BackoffSchedule, FirstAttempt, PolicyError, ReconnectPolicy};
 pub use cadence::Cadence;
-pub use miss::{MissCounter, Tick};
+pub use miss::{MissCounter, MissWatch, Tick};
 pub use online::{ConnKey, Departed, Eviction, Joined, Observation, OnlineList, PeerInfo};

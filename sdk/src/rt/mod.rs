@@ -17,6 +17,8 @@ use async_io::Async;
 use futures::future::{self, Either};
 use futures::io::{AsyncRead as _, AsyncWriteExt as _};
 
+pub(crate) mod local;
+
 pub(crate) use async_std::net::TcpStream;
 
 /// Resolves `addr` ("host:port") and connects to the first address that answers.
