@@ -23,10 +23,35 @@ pub(crate) use async_std::net::TcpStream;
 
 /// Resolves `addr` ("host:port") and connects to the first address that answers.
 pub(crate) async fn connect(addr: &str) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await?;
-    // Frames are small and latency-sensitive: do not let Nagle hold pulses back.
-    stream.set_nodelay(true)?;
-    Ok(stream)
+    let addrs = resolve(addr).await?;
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                // Frames are small and latency-sensitive: do not let Nagle hold pulses back.
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"))))
+}
+
+/// The addresses of "host:port". An address in numbers is used as it is; a name is looked up on
+/// a thread that ends with the lookup, not on async-std's blocking pool, which would start
+/// async-std's executor threads in a process that otherwise needs none (see [`local`]).
+async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(addr) = addr.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (found, lookup) = futures::channel::oneshot::channel();
+    let name = addr.to_owned();
+    std::thread::Builder::new().name("pulsewire-resolve".into()).spawn(move || {
+        use std::net::ToSocketAddrs as _;
+        let _ = found.send(name.to_socket_addrs().map(Vec::from_iter));
+    })?;
+    lookup.await.unwrap_or_else(|_| Err(io::Error::other("the name lookup thread stopped")))
 }
 
 /// Binds a listening socket.
@@ -170,5 +195,25 @@ impl Future for Timer {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_takes_numbers_as_they_are_and_looks_names_up() {
+        futures::executor::block_on(async {
+            let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            for addr in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+                let stream = connect(&addr).await.unwrap_or_else(|error| panic!("{addr}: {error}"));
+                let (_, from) = listener.accept().await.unwrap();
+                assert_eq!(stream.local_addr().unwrap(), from, "{addr}");
+            }
+            let error = connect("no port here").await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+        });
     }
 }
