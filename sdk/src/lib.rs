@@ -49,10 +49,12 @@
 //!
 //! - [`protocol`]: frames and the streaming decoder (pure).
 //! - [`core`]: every decision about time and liveness as plain types driven by an injected
-//!   clock: [`core::MissCounter`], [`core::Cadence`], [`core::BackoffSchedule`],
-//!   [`core::OnlineList`].
-//! - [`Client`] and [`Server`]: thin async shells around the core. The client's [`Driver`] runs
-//!   under any executor; `Client::start` and the server use async-std's.
+//!   clock: [`core::MissCounter`], [`core::MissWatch`], [`core::Cadence`],
+//!   [`core::BackoffSchedule`], [`core::OnlineList`].
+//! - [`Client`] and [`Server`]: thin async shells around the core. Sockets and timers live on
+//!   async-io's reactor. The client's [`Driver`] runs under any executor; `Client::start` runs
+//!   it on the reactor's own thread (one wake-up per pulse interval when idle), and the server
+//!   runs on async-std's executor.
 //!
 //! # Errors and panics
 //!

@@ -270,7 +270,7 @@ fn print_storm(storm: &Storm, settings: &Settings) {
 fn print_embedded(e: &Embedded) {
     println!();
     let how = match e.driver.as_str() {
-        "start" => "Client::start (the built-in runtime)",
+        "start" => "Client::start (driver on the reactor thread)",
         _ => "Client::new, driver on its own thread under smol::block_on",
     };
     println!(
