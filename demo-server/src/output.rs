@@ -1,5 +1,5 @@
 //! What the server prints on stdout: one line per event, as text for people or JSON for
-//! programs, and the online list after every change.
+//! programs, and the online list after changes (at most every 100 ms, see `serve.rs`).
 //!
 //! The line formats are an interface (the end-to-end tests read them):
 //!

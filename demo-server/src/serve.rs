@@ -8,7 +8,7 @@
 use std::io::{self, BufRead, Stdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use futures::channel::mpsc::{self, UnboundedReceiver};
@@ -29,6 +29,12 @@ pub struct Options {
 /// The context of an error writing to stdout.
 const STDOUT: &str = "cannot write to stdout";
 
+/// The online list is printed at most this often. Every event line is printed at once; the
+/// list that follows a change waits for the rest of this gap, so that a storm of arrivals
+/// prints ten lists a second, not one per batch (each a snapshot of every peer, megabytes at
+/// 19 000 peers).
+const LIST_GAP: Duration = Duration::from_millis(100);
+
 /// Runs the server until Ctrl-C or SIGTERM. Fails when the address cannot be bound, the
 /// signal handler cannot be installed, or stdout is closed.
 pub fn run(config: ServerConfig, options: Options) -> anyhow::Result<()> {
@@ -39,7 +45,14 @@ pub fn run(config: ServerConfig, options: Options) -> anyhow::Result<()> {
 async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiver<()>) -> anyhow::Result<()> {
     let listen = config.listen();
     let (server, events) = Server::bind(config).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let mut console = Console { server, out: Output::new(options.format, io::stdout()), echo: options.echo };
+    let mut console = Console {
+        server,
+        out: Output::new(options.format, io::stdout()),
+        echo: options.echo,
+        list_due: async_io::Timer::never(),
+        list_pending: false,
+        next_list: Instant::now(),
+    };
     console.out.listening(console.server.local_addr()).context(STDOUT)?;
     let mut events = events.fuse();
     let mut lines = stdin_lines()?;
@@ -54,6 +67,9 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
     if let Some(event) = events.get_mut().try_next() {
         console.batch(event, events.get_mut()).await.context(STDOUT)?;
     }
+    if console.list_pending {
+        console.print_list().await.context(STDOUT)?;
+    }
     console.out.shutdown().context(STDOUT)?;
     Ok(())
 }
@@ -65,6 +81,12 @@ struct Console {
     server: Server,
     out: Output<Stdout>,
     echo: bool,
+    /// Fires when a list held back by [`LIST_GAP`] is due.
+    list_due: async_io::Timer,
+    /// The online list changed since it was last printed.
+    list_pending: bool,
+    /// No list is printed before this.
+    next_list: Instant,
 }
 
 impl Console {
@@ -85,6 +107,7 @@ impl Console {
                     Some(event) => self.batch(event, events.get_mut()).await.context(STDOUT)?,
                     None => bail!("the server stopped on its own"),
                 },
+                _ = futures::FutureExt::fuse(&mut self.list_due) => self.print_list().await.context(STDOUT)?,
                 line = lines.next() => if let Some(line) = line {
                     let peers = self.server.broadcast(line).await;
                     tracing::info!(peers, "broadcast a stdin line");
@@ -94,18 +117,32 @@ impl Console {
     }
 
     /// Handles `first` and every event already waiting behind it, then prints the online list
-    /// once if anyone came or went. While peers arrive faster than the list prints (a reconnect
-    /// storm), the batches grow instead of the list being printed once per arrival.
+    /// once if anyone came or went: at once, or when [`LIST_GAP`] has passed since the last
+    /// one. While peers arrive faster than that (a reconnect storm), the changes gather into
+    /// one list instead of one list per arrival.
     async fn batch(&mut self, first: ServerEvent, events: &mut ServerEvents) -> io::Result<()> {
         let mut changed = self.event(first).await?;
         while let Some(event) = events.try_next() {
             changed |= self.event(event).await?;
         }
-        if changed {
-            let peers = self.server.online().await;
-            self.out.online_list(&peers, Instant::now())?;
+        if changed && !self.list_pending {
+            if Instant::now() >= self.next_list {
+                self.print_list().await?;
+            } else {
+                self.list_pending = true;
+                self.list_due.set_at(self.next_list);
+            }
         }
         Ok(())
+    }
+
+    /// Prints the online list as the server has it now.
+    async fn print_list(&mut self) -> io::Result<()> {
+        self.list_pending = false;
+        let peers = self.server.online().await;
+        let now = Instant::now();
+        self.next_list = now + LIST_GAP;
+        self.out.online_list(&peers, now)
     }
 
     /// Prints `event` and echoes messages; returns whether the online list changed.

@@ -47,3 +47,27 @@ fn client_connects_appears_online_pulses_flow_and_messages_go_both_ways() -> any
         Ok(())
     })
 }
+
+/// A burst of arrivals prints every `online` line, but the online list at most once per 100 ms
+/// (each list is a snapshot of every peer), and the last list holds them all.
+#[test]
+fn a_burst_of_arrivals_prints_every_join_and_few_online_lists() -> anyhow::Result<()> {
+    const PEERS: usize = 300;
+    let mut server = DemoServer::start("127.0.0.1:0", &INTERVAL_ARG)?;
+    let started = std::time::Instant::now();
+    let peers: Vec<_> = (0..PEERS)
+        .map(|n| pulsewire_tests::RawPeer::hello(server.addr, &format!("burst-{n}")))
+        .collect::<anyhow::Result<_>>()?;
+    server.process.wait_for(patience(), |line| {
+        line.event() == "online_list" && line.json["peers"].as_array().is_some_and(|list| list.len() == PEERS)
+    })?;
+    let span = started.elapsed();
+    let seen = &server.process.seen;
+    let joins = seen.iter().filter(|line| line.event() == "online").count();
+    let lists = seen.iter().filter(|line| line.event() == "online_list").count();
+    assert_eq!(joins, PEERS, "every arrival has its own line");
+    let most = (span.as_millis() / 100) as usize + 1;
+    assert!(lists <= most, "{lists} online lists in {span:?}: at most one per 100 ms ({most})");
+    drop(peers);
+    Ok(())
+}
