@@ -63,11 +63,22 @@ impl<W: Write> Output<W> {
 
     /// The online list as of `now`.
     pub fn online_list(&mut self, peers: &[PeerInfo], now: Instant) -> io::Result<()> {
-        let text = match self.format {
-            Format::Text => online_list_text(peers, now),
-            Format::Json => online_list_json(peers, now),
-        };
-        self.emit(&text)
+        match self.format {
+            Format::Text => {
+                let text = online_list_text(peers, now);
+                self.emit(&text)
+            }
+            Format::Json => {
+                // Written peer by peer: a list of 19 000 peers is 3 MB of JSON, and building it
+                // as one string cost several copies of that, which the allocator then kept.
+                let mut out = io::BufWriter::with_capacity(64 * 1024, &mut self.out);
+                write_online_list_json(&mut out, peers, now)?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+                drop(out);
+                self.out.flush()
+            }
+        }
     }
 
     /// The server has stopped.
@@ -164,22 +175,24 @@ fn online_list_text(peers: &[PeerInfo], now: Instant) -> String {
     text
 }
 
-fn online_list_json(peers: &[PeerInfo], now: Instant) -> String {
-    let peers: Vec<String> = peers
-        .iter()
-        .map(|peer| {
-            let connected = now.saturating_duration_since(peer.connected_since);
-            object(&[
-                ("id", string(peer.id.as_str())),
-                ("addr", string(&peer.addr.to_string())),
-                ("session", string(peer.session.as_str())),
-                ("misses", Value::from(peer.misses).to_string()),
-                ("rtt_ms", Value::from(peer.last_rtt.map(millis)).to_string()),
-                ("connected_ms", Value::from(u64::try_from(connected.as_millis()).unwrap_or(u64::MAX)).to_string()),
-            ])
-        })
-        .collect();
-    object(&[("event", string("online_list")), ("peers", format!("[{}]", peers.join(",")))])
+fn write_online_list_json(out: &mut impl Write, peers: &[PeerInfo], now: Instant) -> io::Result<()> {
+    out.write_all(b"{\"event\":\"online_list\",\"peers\":[")?;
+    for (n, peer) in peers.iter().enumerate() {
+        let connected = now.saturating_duration_since(peer.connected_since);
+        let object = object(&[
+            ("id", string(peer.id.as_str())),
+            ("addr", string(&peer.addr.to_string())),
+            ("session", string(peer.session.as_str())),
+            ("misses", Value::from(peer.misses).to_string()),
+            ("rtt_ms", Value::from(peer.last_rtt.map(millis)).to_string()),
+            ("connected_ms", Value::from(u64::try_from(connected.as_millis()).unwrap_or(u64::MAX)).to_string()),
+        ]);
+        if n > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(object.as_bytes())?;
+    }
+    out.write_all(b"]}")
 }
 
 /// A JSON object with its fields in the order given (serde_json's own map sorts them);
