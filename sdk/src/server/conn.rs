@@ -100,33 +100,55 @@ pub(super) async fn accept_loop(listener: Listener, ctx: Arc<Context>) {
 
 /// One connection, from its first byte to its close.
 ///
-/// Only the online phase stays in this future for the connection's life; the handshake and the
-/// lingering close run boxed, so that their timers and buffers cost memory only while they run.
+/// Only the online phase ([`Online`], a plain struct) stays in this future for the connection's
+/// life: the handshake, the join and the close run boxed, so that their timers, buffers and
+/// messages cost memory only while they run.
 async fn serve(socket: Socket, addr: SocketAddr, key: u64, slot: &mut Slot, ctx: &Context) {
+    let Some(mut online) = Box::pin(join(socket, addr, key, slot, ctx)).await else {
+        return;
+    };
+    let end = (&mut online).await;
+    Box::pin(close(online.peer, end, addr, key, ctx)).await;
+}
+
+/// The handshake, then the hub's answer; `Some` once the peer is online.
+async fn join<'a>(socket: Socket, addr: SocketAddr, key: u64, slot: &mut Slot, ctx: &'a Context) -> Option<Online<'a>> {
     let mut decoder = Decoder::new(ctx.config.max_payload);
-    let client_id = match unless(&ctx.halt, Box::pin(handshake(&socket, addr, &mut decoder, ctx))).await {
+    let id = match unless(&ctx.halt, handshake(&socket, addr, &mut decoder, ctx)).await {
         Some(Some(id)) => id,
-        Some(None) => return,
-        None => return socket.shutdown(),
+        Some(None) => return None,
+        None => {
+            socket.shutdown();
+            return None;
+        }
     };
     // The peer spoke: its handshake no longer counts as in flight (before anything can answer
     // it, so that a client that got its `WELCOME` is never counted).
     slot.settle();
     let peer = Arc::new(Peer::new(socket, ctx.epoch));
     let (welcomed, joined) = oneshot::channel();
-    let join = HubMsg::Join { key, id: client_id.clone(), addr, peer: peer.clone(), welcomed };
+    let join = HubMsg::Join { key, id: id.clone(), addr, peer: peer.clone(), welcomed };
     if ctx.hub.send(join).await.is_err() {
-        return peer.socket().shutdown(); // The server is stopping.
+        peer.socket().shutdown(); // The server is stopping.
+        return None;
     }
     match joined.await {
-        Ok(true) => {}
+        Ok(true) => Some(Online { peer, decoder, ctx, id, write_timer: None }),
         // The hub refused it (the server is full) and queued the `ERROR` for it: let the peer
         // read it before the connection closes.
-        Ok(false) => return finish(&peer, ctx).await,
-        Err(_) => return peer.socket().shutdown(), // The server is stopping.
+        Ok(false) => {
+            finish(&peer, ctx).await;
+            None
+        }
+        Err(_) => {
+            peer.socket().shutdown(); // The server is stopping.
+            None
+        }
     }
-    let mut online = Online { peer: &peer, decoder, ctx, id: &client_id, write_timer: None };
-    let end = poll_fn(|cx| online.poll(cx)).await;
+}
+
+/// Ends a connection after its online phase.
+async fn close(peer: Arc<Peer>, end: End, addr: SocketAddr, key: u64, ctx: &Context) {
     let reason = match end {
         End::Cut => return peer.socket().shutdown(),
         // The hub took the peer out and everything it queued is written.
@@ -213,17 +235,26 @@ enum End {
 }
 
 /// The online phase: reads and answers frames, writes what the socket did not take at once.
+/// Everything a connection holds while it is online, and nothing more.
 struct Online<'a> {
-    peer: &'a Peer,
+    peer: Arc<Peer>,
     decoder: Decoder,
     ctx: &'a Context,
-    id: &'a ClientId,
+    id: ClientId,
     /// Armed only while a write waits for the socket.
     write_timer: Option<Pin<Box<rt::Timer>>>,
 }
 
+impl Future for Online<'_> {
+    type Output = End;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<End> {
+        self.as_mut().get_mut().poll_online(cx)
+    }
+}
+
 impl Online<'_> {
-    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
+    fn poll_online(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
         match self.peer.poll_outgoing(cx) {
             Poll::Ready(Ok(Outgoing::Cut)) => return Poll::Ready(End::Cut),
             Poll::Ready(Ok(Outgoing::Closed)) => return Poll::Ready(End::Closed),
