@@ -114,7 +114,9 @@ impl<L> Peer<L> {
 /// assert!(list.is_empty());
 /// ```
 pub struct OnlineList<L> {
-    peers: HashMap<ConnKey, Peer<L>>,
+    /// Boxed: the table keeps up to twice as many slots as peers, and a slot of a key and a
+    /// pointer is a tenth of a peer's size.
+    peers: HashMap<ConnKey, Box<Peer<L>>>,
     by_id: HashMap<ClientId, ConnKey>,
     max_missed: u32,
     session_prefix: u32,
@@ -161,7 +163,7 @@ impl<L> OnlineList<L> {
             misses: 0,
         };
         self.by_id.insert(id, key);
-        self.peers.insert(key, Peer { info, link, seen_since_tick: true, next_seq: 1, in_flight: None });
+        self.peers.insert(key, Box::new(Peer { info, link, seen_since_tick: true, next_seq: 1, in_flight: None }));
         Joined { session, replaced }
     }
 

@@ -1,6 +1,7 @@
 //! Frames: the units both sides exchange, and how each is written on the wire.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -257,7 +258,7 @@ impl fmt::Display for ErrorCode {
 /// assert!(ClientId::new("").is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(String);
+pub struct ClientId(Arc<str>);
 
 impl ClientId {
     /// Validates `id`.
@@ -267,7 +268,9 @@ impl ClientId {
         if id.is_empty() || id.len() > MAX_TOKEN || !id.chars().all(valid_char) {
             return Err(InvalidClientId { len: id.chars().count() });
         }
-        Ok(ClientId(id))
+        // Shared, not copied: the server holds each id in its online list, its index, every
+        // event and every snapshot of the list.
+        Ok(ClientId(id.into()))
     }
 
     /// The id as text.
@@ -315,13 +318,13 @@ impl std::error::Error for InvalidClientId {}
 /// assert!(SessionId::new("a b").is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(String);
+pub struct SessionId(Arc<str>);
 
 impl SessionId {
     /// Validates `id`; `None` when it is empty, too long or not printable ASCII without spaces.
     pub fn new(id: impl Into<String>) -> Option<SessionId> {
         let id = id.into();
-        is_token(&id).then_some(SessionId(id))
+        is_token(&id).then(|| SessionId(id.into()))
     }
 
     /// The id as text.
