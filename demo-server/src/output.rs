@@ -29,8 +29,9 @@ pub enum Format {
     Json,
 }
 
-/// Prints events to a writer (stdout in the binary), flushing after each one so that a reader
-/// at the other end of a pipe sees it at once.
+/// Prints events to a writer (stdout in the binary). Every line is flushed at once, except event
+/// lines, which wait for [`Output::flush`]: the console flushes once per batch of events, so a
+/// reconnect storm costs one write per batch instead of one per arrival.
 #[derive(Debug)]
 pub struct Output<W> {
     format: Format,
@@ -52,13 +53,19 @@ impl<W: Write> Output<W> {
         self.emit(&text)
     }
 
-    /// One server event.
+    /// One server event, held until [`Output::flush`].
     pub fn event(&mut self, event: &ServerEvent) -> io::Result<()> {
         let text = match self.format {
             Format::Text => event_text(event),
             Format::Json => event_json(event),
         };
-        self.emit(&text)
+        self.out.write_all(text.as_bytes())?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Writes out the event lines held so far.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 
     /// The online list as of `now`.

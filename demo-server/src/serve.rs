@@ -5,7 +5,7 @@
 //! own tasks on its internal runtime. Stdin and signals are read on threads of their own and
 //! arrive here through channels.
 
-use std::io::{self, BufRead, Stdout};
+use std::io::{self, BufRead, BufWriter, Stdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
     let (server, events) = Server::bind(config).await.with_context(|| format!("cannot listen on {listen}"))?;
     let mut console = Console {
         server,
-        out: Output::new(options.format, io::stdout()),
+        out: Output::new(options.format, BufWriter::with_capacity(64 * 1024, io::stdout())),
         echo: options.echo,
         list_due: async_io::Timer::never(),
         list_pending: false,
@@ -79,7 +79,7 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
 #[derive(Debug)]
 struct Console {
     server: Server,
-    out: Output<Stdout>,
+    out: Output<BufWriter<Stdout>>,
     echo: bool,
     /// Fires when a list held back by [`LIST_GAP`] is due.
     list_due: async_io::Timer,
@@ -125,6 +125,7 @@ impl Console {
         while let Some(event) = events.try_next() {
             changed |= self.event(event).await?;
         }
+        self.out.flush()?;
         if changed && !self.list_pending {
             if Instant::now() >= self.next_list {
                 self.print_list().await?;
