@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use std::pin::Pin;
 use std::task::Poll;
 
-use futures::channel::oneshot;
 use futures::future::poll_fn;
 use futures::{Future, FutureExt};
 
@@ -126,25 +125,15 @@ async fn join<'a>(socket: Socket, addr: SocketAddr, key: u64, slot: &mut Slot, c
     // it, so that a client that got its `WELCOME` is never counted).
     slot.settle();
     let peer = Arc::new(Peer::new(socket, ctx.epoch));
-    let (welcomed, joined) = oneshot::channel();
-    let join = HubMsg::Join { key, id: id.clone(), addr, peer: peer.clone(), welcomed };
+    // The hub answers on the peer itself, with no reply to wait for: `WELCOME` (the online
+    // phase then answers what the peer sends), or `ERROR full` and a close (the online phase
+    // then ends as for any peer the hub took out).
+    let join = HubMsg::Join { key, id: id.clone(), addr, peer: peer.clone() };
     if ctx.hub.send(join).await.is_err() {
         peer.socket().shutdown(); // The server is stopping.
         return None;
     }
-    match joined.await {
-        Ok(true) => Some(Online { peer, decoder, ctx, id, write_timer: None }),
-        // The hub refused it (the server is full) and queued the `ERROR` for it: let the peer
-        // read it before the connection closes.
-        Ok(false) => {
-            finish(&peer, ctx).await;
-            None
-        }
-        Err(_) => {
-            peer.socket().shutdown(); // The server is stopping.
-            None
-        }
-    }
+    Some(Online { peer, decoder, ctx, id, write_timer: None })
 }
 
 /// Ends a connection after its online phase.
@@ -276,6 +265,10 @@ impl Online<'_> {
         // Whether the last read took less than it could: the socket had nothing more then.
         let mut emptied = false;
         for _ in 0..READS_PER_POLL {
+            if self.decoder.buffered() > 0 && !self.peer.may_speak() {
+                // The peer spoke before its `WELCOME` went out: its frames wait for it.
+                return Poll::Pending;
+            }
             loop {
                 match self.decoder.next_frame() {
                     Ok(Some(frame)) => {

@@ -25,14 +25,13 @@ pub(super) type Link = Arc<Peer>;
 const BATCH: usize = 256;
 
 pub(super) enum HubMsg {
-    /// A peer completed its handshake; `welcomed` says `true` once its `WELCOME` is written or
-    /// queued, or `false` when the server is full (the `ERROR full` is queued instead).
+    /// A peer completed its handshake. The hub answers it on the peer itself: `WELCOME`, or
+    /// `ERROR full` and a close when the server is full.
     Join {
         key: ConnKey,
         id: ClientId,
         addr: SocketAddr,
         peer: Link,
-        welcomed: oneshot::Sender<bool>,
     },
     Leave {
         key: ConnKey,
@@ -102,13 +101,12 @@ pub(super) async fn run(
     // late is told the server is shutting down (or just cut), the others see their reply fail.
     rx.close();
     while let Ok(msg) = rx.try_recv() {
-        if let HubMsg::Join { peer, welcomed, .. } = msg {
+        if let HubMsg::Join { peer, .. } = msg {
             if aborted {
                 peer.cut();
             } else {
                 peer.close_with(Frame::bye("shutdown"));
             }
-            let _ = welcomed.send(false);
         }
     }
 }
@@ -139,33 +137,31 @@ impl Hub {
         let now = Instant::now();
         let limit = self.config.outbound_queue;
         match msg {
-            HubMsg::Join { key, id, addr, peer, welcomed } => {
+            HubMsg::Join { key, id, addr, peer } => {
                 let max = self.config.max_peers;
                 if self.list.len() >= max && self.list.link(&id).is_none() {
                     tracing::warn!(peer = %id, %addr, max, "connection refused: the server is full");
                     let text = format!("the server holds its maximum of {max} peers");
                     peer.close_with(Frame::error(ErrorCode::Full, text));
-                    let _ = welcomed.send(false);
                     return;
                 }
                 let joined = self.list.join(key, id, addr, peer.clone(), now);
+                if let Some(old) = joined.replaced {
+                    old.link.close_with(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
+                    self.depart(old, OfflineReason::Replaced);
+                }
+                if let Some(info) = self.list.peer(key) {
+                    tracing::info!(peer = %info.id, addr = %info.addr, session = %info.session, "peer online");
+                    self.emit(ServerEvent::PeerOnline { peer: info.clone() });
+                }
+                // Only now may the peer speak: whatever it sends comes after its `PeerOnline`.
+                // Nothing was written to it yet, so `WELCOME` is its first frame.
                 let welcome = Frame::Welcome {
                     session: joined.session,
                     interval: self.config.interval,
                     max_missed: self.config.max_missed,
                 };
-                // Nothing was written to the peer yet: `WELCOME` is always its first frame, and
-                // its connection answers nothing before it is told the peer joined.
-                let _ = peer.send(welcome, limit);
-                let _ = welcomed.send(true);
-                if let Some(old) = joined.replaced {
-                    old.link.close_with(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
-                    self.depart(old, OfflineReason::Replaced);
-                }
-                if let Some(peer) = self.list.peer(key) {
-                    tracing::info!(peer = %peer.id, addr = %peer.addr, session = %peer.session, "peer online");
-                    self.emit(ServerEvent::PeerOnline { peer: peer.clone() });
-                }
+                peer.welcome(welcome, limit);
             }
             HubMsg::Leave { key, reason } => {
                 if let Some(gone) = self.list.leave(key) {

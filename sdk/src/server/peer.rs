@@ -8,7 +8,7 @@
 //! frames never interleave.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,6 +35,10 @@ pub(super) struct Peer {
     /// The last pulse written by the hub: its number and when it went out.
     pulse_seq: AtomicU64,
     pulse_at: AtomicU64,
+    /// The hub has sent `WELCOME`: the peer may speak.
+    welcomed: AtomicBool,
+    /// The connection holds frames that came before `WELCOME`, waiting for it.
+    held: AtomicBool,
 }
 
 #[derive(Default)]
@@ -79,7 +83,31 @@ impl Peer {
             rtt: AtomicU64::new(0),
             pulse_seq: AtomicU64::new(0),
             pulse_at: AtomicU64::new(0),
+            welcomed: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         }
+    }
+
+    /// Sends `WELCOME` (the hub, once the peer is online): from now on the peer may speak. The
+    /// connection task is woken only if it holds frames that came too early, so that a join
+    /// costs no wake-up.
+    pub(super) fn welcome(&self, welcome: Frame, limit: usize) {
+        // SeqCst here and in `may_speak`: either the task sees `welcomed`, or this sees `held`.
+        self.welcomed.store(true, Ordering::SeqCst);
+        let _ = self.send(welcome, limit);
+        if self.held.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
+    }
+
+    /// Whether frames from the peer may be handled (`WELCOME` was sent); when not yet, the
+    /// caller holds them and is woken by [`Peer::welcome`].
+    pub(super) fn may_speak(&self) -> bool {
+        if self.welcomed.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.held.store(true, Ordering::SeqCst);
+        self.welcomed.load(Ordering::SeqCst)
     }
 
     pub(super) fn socket(&self) -> &Socket {

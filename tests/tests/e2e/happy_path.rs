@@ -71,3 +71,27 @@ fn a_burst_of_arrivals_prints_every_join_and_few_online_lists() -> anyhow::Resul
     drop(peers);
     Ok(())
 }
+
+/// A peer that sends frames right behind its `HELLO`, before `WELCOME` came back, gets them
+/// answered after the `WELCOME`, every time (and its message is reported after it came online).
+#[test]
+fn frames_sent_with_hello_are_answered_after_welcome() -> anyhow::Result<()> {
+    let mut server = DemoServer::start("127.0.0.1:0", &INTERVAL_ARG)?;
+    for n in 0..20 {
+        let id = format!("eager-{n}");
+        let mut peer = pulsewire_tests::RawPeer::connect(server.addr)?;
+        peer.send(format!("HELLO 1 {id}\nPULSE 7\n").as_bytes())?;
+        let welcome = peer.line()?;
+        assert!(welcome.starts_with("WELCOME "), "{welcome}");
+        assert_eq!(peer.line_skipping_pulses()?, "ALIVE 7");
+
+        // A message right behind the `HELLO` (the demo server echoes it: not read here).
+        let id = format!("eager-data-{n}");
+        let mut peer = pulsewire_tests::RawPeer::connect(server.addr)?;
+        peer.send(format!("HELLO 1 {id}\nDATA 2\nhi").as_bytes())?;
+        let online = server.process.wait_event(patience(), "online", &id)?;
+        let message = server.process.wait_for(patience(), |l| l.event() == "message" && l.str("peer") == id)?;
+        assert!(online.at <= message.at, "the message comes after the peer is online");
+    }
+    Ok(())
+}
