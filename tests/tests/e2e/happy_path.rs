@@ -53,7 +53,9 @@ fn client_connects_appears_online_pulses_flow_and_messages_go_both_ways() -> any
 #[test]
 fn a_burst_of_arrivals_prints_every_join_and_few_online_lists() -> anyhow::Result<()> {
     const PEERS: usize = 300;
-    let mut server = DemoServer::start("127.0.0.1:0", &INTERVAL_ARG)?;
+    // Raw peers do not answer pulses: a long interval keeps them online however slowly this
+    // machine connects them.
+    let mut server = DemoServer::start("127.0.0.1:0", &["--interval", "60s"])?;
     let started = std::time::Instant::now();
     let peers: Vec<_> = (0..PEERS)
         .map(|n| pulsewire_tests::RawPeer::hello(server.addr, &format!("burst-{n}")))
@@ -76,7 +78,7 @@ fn a_burst_of_arrivals_prints_every_join_and_few_online_lists() -> anyhow::Resul
 /// answered after the `WELCOME`, every time (and its message is reported after it came online).
 #[test]
 fn frames_sent_with_hello_are_answered_after_welcome() -> anyhow::Result<()> {
-    let mut server = DemoServer::start("127.0.0.1:0", &INTERVAL_ARG)?;
+    let mut server = DemoServer::start("127.0.0.1:0", &["--interval", "60s"])?;
     for n in 0..20 {
         let id = format!("eager-{n}");
         let mut peer = pulsewire_tests::RawPeer::connect(server.addr)?;
