@@ -50,8 +50,7 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
         out: Output::new(options.format, BufWriter::with_capacity(64 * 1024, io::stdout())),
         echo: options.echo,
         list_due: async_io::Timer::never(),
-        list_pending: false,
-        next_list: Instant::now(),
+        pacer: ListPacer::new(Instant::now()),
     };
     console.out.listening(console.server.local_addr()).context(STDOUT)?;
     let mut events = events.fuse();
@@ -67,7 +66,7 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
     if let Some(event) = events.get_mut().try_next() {
         console.batch(event, events.get_mut()).await.context(STDOUT)?;
     }
-    if console.list_pending {
+    if console.pacer.pending() {
         console.print_list().await.context(STDOUT)?;
     }
     console.out.shutdown().context(STDOUT)?;
@@ -83,10 +82,8 @@ struct Console {
     echo: bool,
     /// Fires when a list held back by [`LIST_GAP`] is due.
     list_due: async_io::Timer,
-    /// The online list changed since it was last printed.
-    list_pending: bool,
-    /// No list is printed before this.
-    next_list: Instant,
+    /// When the online list is printed.
+    pacer: ListPacer,
 }
 
 impl Console {
@@ -126,12 +123,11 @@ impl Console {
             changed |= self.event(event).await?;
         }
         self.out.flush()?;
-        if changed && !self.list_pending {
-            if Instant::now() >= self.next_list {
-                self.print_list().await?;
-            } else {
-                self.list_pending = true;
-                self.list_due.set_at(self.next_list);
+        if changed {
+            match self.pacer.changed(Instant::now()) {
+                Pace::Now => self.print_list().await?,
+                Pace::At(due) => self.list_due.set_at(due),
+                Pace::Pending => {}
             }
         }
         Ok(())
@@ -139,10 +135,9 @@ impl Console {
 
     /// Prints the online list as the server has it now.
     async fn print_list(&mut self) -> io::Result<()> {
-        self.list_pending = false;
         let peers = self.server.online().await;
         let now = Instant::now();
-        self.next_list = now + LIST_GAP;
+        self.pacer.printed(now);
         self.out.online_list(&peers, now)
     }
 
@@ -160,6 +155,57 @@ impl Console {
             }
         }
         Ok(false)
+    }
+}
+
+/// When the online list is printed: right after a change, unless the last one was printed less
+/// than [`LIST_GAP`] ago; then once, when the gap is over, however many changes came meanwhile.
+/// Time comes in as an argument.
+#[derive(Debug)]
+struct ListPacer {
+    /// No list is printed before this.
+    next: Instant,
+    /// A change waits for `next`.
+    pending: bool,
+}
+
+/// What to do about a change of the online list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Print it now.
+    Now,
+    /// Print it at this time (and arm a timer for it).
+    At(Instant),
+    /// A print is already due: this change will be in it.
+    Pending,
+}
+
+impl ListPacer {
+    fn new(now: Instant) -> ListPacer {
+        ListPacer { next: now, pending: false }
+    }
+
+    /// The list changed at `now`.
+    fn changed(&mut self, now: Instant) -> Pace {
+        if self.pending {
+            Pace::Pending
+        } else if now >= self.next {
+            Pace::Now
+        } else {
+            self.pending = true;
+            Pace::At(self.next)
+        }
+    }
+
+    /// The list was printed at `now`.
+    fn printed(&mut self, now: Instant) {
+        self.pending = false;
+        self.next = now + LIST_GAP;
+    }
+
+    /// Whether a change waits to be printed.
+    fn pending(&self) -> bool {
+        self.pending
     }
 }
 
@@ -214,4 +260,49 @@ fn stdin_lines() -> anyhow::Result<UnboundedReceiver<Vec<u8>>> {
         })
         .context("cannot start the stdin thread")?;
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_after_a_quiet_gap_is_printed_at_once() {
+        let t0 = Instant::now();
+        let mut pacer = ListPacer::new(t0);
+        assert_eq!(pacer.changed(t0), Pace::Now);
+        pacer.printed(t0);
+        assert_eq!(pacer.changed(t0 + LIST_GAP), Pace::Now);
+    }
+
+    #[test]
+    fn a_storm_of_changes_prints_once_per_gap_and_its_last_change_within_one_gap() {
+        let t0 = Instant::now();
+        let mut pacer = ListPacer::new(t0);
+        let ms = Duration::from_millis;
+        let (mut prints, mut due) = (Vec::new(), None);
+        // A change every millisecond for a second; the timer fires exactly when due.
+        for n in 0..1000u32 {
+            let now = t0 + ms(n.into());
+            if let Some(at) = due.filter(|&at| at <= now) {
+                pacer.printed(at);
+                prints.push(at);
+                due = None;
+            }
+            match pacer.changed(now) {
+                Pace::Now => {
+                    pacer.printed(now);
+                    prints.push(now);
+                }
+                Pace::At(at) => due = Some(at),
+                Pace::Pending => assert!(due.is_some(), "a pending change has its time"),
+            }
+        }
+        assert!(prints.windows(2).all(|w| w[1] - w[0] >= LIST_GAP), "{prints:?}");
+        assert_eq!(prints.len(), 10, "one list per 100 ms over a second");
+        let last_change = t0 + ms(999);
+        let last_print = due.unwrap_or(*prints.last().unwrap());
+        assert!(last_print >= last_change && last_print - last_change <= LIST_GAP);
+        assert!(pacer.pending(), "the last changes wait for their print");
+    }
 }

@@ -119,10 +119,29 @@ impl ServerProgram {
     }
 }
 
+/// A child process that is killed (after a `SIGCONT`, should it be stopped) and reaped when it
+/// is dropped, so that a report that fails halfway leaves no server or generator behind.
+#[derive(Debug)]
+struct Reaped(Child);
+
+impl Reaped {
+    fn kill(&mut self) {
+        let _ = signal(self.0.id(), Signal::SIGCONT);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A running server printing JSON lines: `demo-server --json` or `bench serve`.
 #[derive(Debug)]
 pub struct DemoServer {
-    child: Child,
+    child: Reaped,
     /// Kept open: the server broadcasts stdin lines and ends its reader at end of input.
     _stdin: Option<ChildStdin>,
     /// Its process id.
@@ -161,7 +180,14 @@ impl DemoServer {
         let reader_log = log.clone();
         thread::Builder::new().name("server-stdout".into()).spawn(move || read_server(stdout, &reader_log))?;
         let prints_lists = server.prints_lists;
-        Ok(DemoServer { pid: child.id(), _stdin: child.stdin.take(), child, spawned_at, log, prints_lists })
+        Ok(DemoServer {
+            pid: child.id(),
+            _stdin: child.stdin.take(),
+            child: Reaped(child),
+            spawned_at,
+            log,
+            prints_lists,
+        })
     }
 
     /// Waits until the server printed `listening`; returns when it was read, and the address.
@@ -207,15 +233,7 @@ impl DemoServer {
 
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
-        let _ = self.signal(Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for DemoServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 
@@ -292,7 +310,8 @@ pub struct Backoff {
 /// A running load generator process.
 #[derive(Debug)]
 pub struct Generator {
-    child: Child,
+    /// Killed and reaped on drop.
+    _child: Reaped,
     stdin: ChildStdin,
     /// Its process id.
     pub pid: u32,
@@ -345,7 +364,7 @@ impl Generator {
             lock(&reader_state.0).status.closed = true;
             reader_state.1.notify_all();
         })?;
-        Ok(Generator { pid: child.id(), child, stdin, state })
+        Ok(Generator { pid: child.id(), _child: Reaped(child), stdin, state })
     }
 
     /// The last status it printed.
@@ -372,19 +391,6 @@ impl Generator {
     pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
         signal(self.pid, sig)
     }
-
-    /// SIGKILL, then reap.
-    pub fn kill(&mut self) {
-        let _ = self.signal(Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Generator {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Waits until the generators together have `online` clients online.
@@ -410,7 +416,8 @@ pub fn wait_online(generators: &[Generator], online: usize, limit: Duration) -> 
 /// A line-oriented child (the embedded client): its stdout events, in order.
 #[derive(Debug)]
 pub struct LineChild {
-    child: Child,
+    /// Killed and reaped on drop, before its stdin closes.
+    _child: Reaped,
     stdin: ChildStdin,
     /// Its process id.
     pub pid: u32,
@@ -441,7 +448,7 @@ impl LineChild {
                 }
             }
         })?;
-        Ok(LineChild { pid: child.id(), child, stdin, lines })
+        Ok(LineChild { pid: child.id(), _child: Reaped(child), stdin, lines })
     }
 
     /// Waits for a line whose `event` is `event`.
@@ -454,13 +461,6 @@ impl LineChild {
         writeln!(self.stdin, "{line}")?;
         self.stdin.flush()?;
         Ok(())
-    }
-}
-
-impl Drop for LineChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
