@@ -68,14 +68,16 @@ pub mod core;
 pub mod protocol;
 
 mod client;
+mod error;
 mod rt;
 mod server;
 
 pub use crate::core::ReconnectPolicy;
 pub use client::{
-    Client, ClientConfig, ClientConfigBuilder, CloseReason, ConfigError, ConnectError, DisconnectReason, Driver, Event,
-    Events, Failure, IoError, ProbeError, ProtocolViolation, SendError, State, MAX_PAYLOAD_LIMIT,
+    Client, ClientConfig, ClientConfigBuilder, CloseReason, ConnectError, DisconnectReason, Driver, Event, Events,
+    Failure, ProbeError, SendError, State,
 };
+pub use error::{ConfigError, IoError, ProtocolViolation, MAX_PAYLOAD_LIMIT};
 pub use server::{
     OfflineReason, PeerInfo, Server, ServerConfig, ServerConfigBuilder, ServerEvent, ServerEvents, ServerSendError,
 };

@@ -1,10 +1,10 @@
 //! The client's configuration and its builder.
 
-use std::fmt;
 use std::time::Duration;
 
-use crate::core::{PolicyError, ReconnectPolicy};
-use crate::protocol::{ClientId, InvalidClientId, DEFAULT_MAX_PAYLOAD};
+use crate::core::ReconnectPolicy;
+use crate::error::{validate_payload, ConfigError};
+use crate::protocol::{ClientId, DEFAULT_MAX_PAYLOAD};
 
 /// Everything the client needs to know, validated. Build one with [`ClientConfig::builder`].
 ///
@@ -204,72 +204,11 @@ impl ClientConfigBuilder {
     }
 }
 
-/// The largest payload limit either side accepts: 1 GiB.
-pub const MAX_PAYLOAD_LIMIT: usize = 1 << 30;
-
-pub(crate) fn validate_payload(bytes: usize) -> Result<(), ConfigError> {
-    if bytes == 0 || bytes > MAX_PAYLOAD_LIMIT {
-        return Err(ConfigError::MaxPayload(bytes));
-    }
-    Ok(())
-}
-
 fn validate_address(addr: &str) -> Result<(), ConfigError> {
     let port = addr.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
     match port {
         Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(()),
         _ => Err(ConfigError::Address(addr.to_owned())),
-    }
-}
-
-/// A configuration value that was rejected, client or server.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The client id breaks the id rules.
-    ClientId(InvalidClientId),
-    /// The address is not `host:port` with a non-zero port.
-    Address(String),
-    /// The reconnect policy is inconsistent.
-    Reconnect(PolicyError),
-    /// A duration that must be positive is zero.
-    ZeroDuration(&'static str),
-    /// A count that must be positive is zero.
-    ZeroCount(&'static str),
-    /// The payload limit is 0 or above [`MAX_PAYLOAD_LIMIT`].
-    MaxPayload(usize),
-    /// A value outside its documented range.
-    OutOfRange {
-        /// The setting.
-        name: &'static str,
-        /// What it must be.
-        expected: &'static str,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::ClientId(error) => error.fmt(f),
-            ConfigError::Address(addr) => write!(f, "server address {addr:?} is not host:port with a non-zero port"),
-            ConfigError::Reconnect(error) => error.fmt(f),
-            ConfigError::ZeroDuration(name) => write!(f, "{name} must be above zero"),
-            ConfigError::ZeroCount(name) => write!(f, "{name} must be at least 1"),
-            ConfigError::MaxPayload(bytes) => {
-                write!(f, "max payload {bytes} must be between 1 and {MAX_PAYLOAD_LIMIT} bytes")
-            }
-            ConfigError::OutOfRange { name, expected } => write!(f, "{name} must be {expected}"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ConfigError::ClientId(error) => Some(error),
-            ConfigError::Reconnect(error) => Some(error),
-            _ => None,
-        }
     }
 }
 

@@ -15,9 +15,10 @@ use futures::{pin_mut, select_biased, FutureExt};
 
 use super::event::is_fatal_code;
 use super::ledger::Ledger;
-use super::{lock, ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, Link, Phase};
-use super::{Probe, ProtocolViolation, Shared, TaskCount};
+use super::{lock, ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, Link, Phase};
+use super::{Probe, Shared, TaskCount};
 use crate::core::{BackoffSchedule, FirstAttempt, MissWatch, Tick};
+use crate::error::{IoError, ProtocolViolation};
 use crate::protocol::{Decoder, ErrorCode, Frame, SessionId, PROTOCOL_VERSION};
 use crate::rt::{self, TcpStream};
 

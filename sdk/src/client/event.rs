@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::protocol::{DecodeError, ErrorCode, SessionId};
+use crate::error::{IoError, ProtocolViolation};
+use crate::protocol::{ErrorCode, SessionId};
 
 /// Something that happened to the connection. Read them from [`Events`](crate::Events).
 #[derive(Debug, Clone, PartialEq)]
@@ -184,37 +185,6 @@ impl fmt::Display for DisconnectReason {
     }
 }
 
-/// A frame from the other side that breaks the protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProtocolViolation {
-    /// Bytes that do not decode.
-    Decode(DecodeError),
-    /// A valid frame at the wrong moment.
-    Unexpected {
-        /// Its verb.
-        verb: &'static str,
-    },
-}
-
-impl ProtocolViolation {
-    /// The code to answer with.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            ProtocolViolation::Decode(error) => error.code(),
-            ProtocolViolation::Unexpected { .. } => ErrorCode::Unexpected,
-        }
-    }
-}
-
-impl fmt::Display for ProtocolViolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProtocolViolation::Decode(error) => error.fmt(f),
-            ProtocolViolation::Unexpected { verb } => write!(f, "unexpected {verb}"),
-        }
-    }
-}
-
 /// Why a connect attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectError {
@@ -305,27 +275,6 @@ impl fmt::Display for CloseReason {
                 write!(f, "rejected by the server: {code}: {text}")
             }
         }
-    }
-}
-
-/// An I/O error in a form that can be cloned and compared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IoError {
-    /// The kind.
-    pub kind: io::ErrorKind,
-    /// The operating system's message.
-    pub message: String,
-}
-
-impl From<&io::Error> for IoError {
-    fn from(error: &io::Error) -> Self {
-        IoError { kind: error.kind(), message: error.to_string() }
-    }
-}
-
-impl fmt::Display for IoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
     }
 }
 

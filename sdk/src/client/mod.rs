@@ -22,12 +22,8 @@ use crate::core::MissWatch;
 use crate::protocol::{Frame, SessionId};
 use ledger::Ledger;
 
-pub(crate) use config::validate_payload;
-pub use config::{ClientConfig, ClientConfigBuilder, ConfigError, MAX_PAYLOAD_LIMIT};
-pub use event::{
-    CloseReason, ConnectError, DisconnectReason, Event, Failure, IoError, ProbeError, ProtocolViolation, SendError,
-    State,
-};
+pub use config::{ClientConfig, ClientConfigBuilder};
+pub use event::{CloseReason, ConnectError, DisconnectReason, Event, Failure, ProbeError, SendError, State};
 
 /// The application's handle to a client connection. Cheap to clone; every clone controls the
 /// same connection.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::client::{validate_payload, ConfigError};
+use crate::error::{validate_payload, ConfigError};
 use crate::protocol::DEFAULT_MAX_PAYLOAD;
 
 /// The server's settings, validated. Build one with [`ServerConfig::builder`].

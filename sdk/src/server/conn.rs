@@ -16,7 +16,7 @@ use super::admission::{Admitted, Gate, Slot};
 use super::hub::HubMsg;
 use super::peer::{Outgoing, Peer};
 use super::{unless, OfflineReason, ServerConfig, ServerEvent, Tracker, LINGER};
-use crate::client::ProtocolViolation;
+use crate::error::ProtocolViolation;
 use crate::protocol::{ClientId, DecodeError, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
 use crate::rt::{self, Listener, Socket};
 

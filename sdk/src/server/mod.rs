@@ -20,7 +20,7 @@ use futures::channel::oneshot;
 use futures::future::{self, Either};
 use futures::Stream;
 
-use crate::client::{IoError, ProtocolViolation};
+use crate::error::{IoError, ProtocolViolation};
 use crate::protocol::{ClientId, ErrorCode};
 use crate::rt;
 
