@@ -5,10 +5,12 @@
 
 mod backoff;
 mod cadence;
+mod delivery;
 mod miss;
 mod online;
 
 pub use self::backoff::{BackoffSchedule, FirstAttempt, PolicyError, ReconnectPolicy};
 pub use cadence::Cadence;
+pub use delivery::{AckAboveSent, Inbound, Numbered, Outbound, Receipt, SequenceGap, DEFAULT_ACK_DELAY};
 pub use miss::{MissCounter, MissWatch, Tick};
 pub use online::{ConnKey, Departed, Eviction, Joined, Observation, OnlineList, PeerInfo};
