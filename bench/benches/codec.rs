@@ -27,10 +27,13 @@ fn cases() -> Vec<(&'static str, Frame)> {
     vec![
         ("pulse", Frame::Pulse { seq: 86_400 }),
         ("alive", Frame::Alive { seq: 86_400 }),
-        ("hello", Frame::Hello { version: 1, client_id: id }),
-        ("welcome", Frame::Welcome { session, interval: std::time::Duration::from_secs(1), max_missed: 3 }),
-        ("data-64", Frame::Data(vec![b'x'; 64].into())),
-        ("data-4k", Frame::Data(vec![b'x'; 4096].into())),
+        ("hello", Frame::Hello { version: 1, client_id: id, token: None, resume: None }),
+        (
+            "welcome",
+            Frame::Welcome { session, interval: std::time::Duration::from_secs(1), max_missed: 3, resume: None },
+        ),
+        ("data-64", Frame::data(vec![b'x'; 64])),
+        ("data-4k", Frame::data(vec![b'x'; 4096])),
         ("bye", Frame::bye("quit")),
     ]
 }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context as _};
 use bytes::BytesMut;
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 use nix::sys::time::TimeSpec;
-use pulsewire::protocol::{Decoder, Frame, PROTOCOL_VERSION};
+use pulsewire::protocol::{Decoder, Frame, MIN_PROTOCOL_VERSION};
 
 use crate::clock::{now_ns, timespec_ns};
 
@@ -90,7 +90,8 @@ fn handshake(server: SocketAddr, id: &str) -> anyhow::Result<(TcpStream, Decoder
     let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(5)).context("observer connect")?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let hello = Frame::Hello { version: PROTOCOL_VERSION, client_id: id.parse()? };
+    // The server serves version 1 only, so far.
+    let hello = Frame::Hello { version: MIN_PROTOCOL_VERSION, client_id: id.parse()?, token: None, resume: None };
     stream.write_all(&hello.to_bytes())?;
     let mut decoder = Decoder::new(1024);
     loop {

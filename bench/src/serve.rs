@@ -26,7 +26,7 @@ pub struct ServeArgs {
     /// Missed pulses tolerated.
     #[arg(long, default_value_t = 3)]
     pub max_missed: u32,
-    /// The most peers online at once (the SDK's default is 10 000).
+    /// The most peers online at once (the SDK's default is 100 000).
     #[arg(long, default_value_t = 20_000)]
     pub max_peers: usize,
     /// Accepted for the demo server's command line; lines are always JSON.

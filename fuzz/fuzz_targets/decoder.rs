@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pulsewire::protocol::{DecodeError, Decoder, Frame, MAX_LINE};
+use pulsewire::protocol::{DecodeError, Decoder, Frame, MAX_HELLO_LINE, MAX_LINE};
 
 /// Takes every frame out until the decoder needs more bytes or fails.
 fn drain(decoder: &mut Decoder, frames: &mut Vec<Frame>) -> Result<(), DecodeError> {
@@ -61,12 +61,16 @@ fuzz_target!(|data: &[u8]| {
     }
 
     for frame in frames {
-        if let Frame::Data(payload) = &frame {
+        if let Frame::Data { payload, .. } = &frame {
             assert!(payload.len() <= max_payload);
         }
         let bytes = frame.to_bytes();
-        if !matches!(frame, Frame::Data(_)) {
-            assert!(bytes.len() <= MAX_LINE, "a control line it accepted is within MAX_LINE");
+        match &frame {
+            Frame::Data { .. } => {}
+            Frame::Hello { .. } => {
+                assert!(bytes.len() <= MAX_HELLO_LINE, "a HELLO it accepted is within MAX_HELLO_LINE")
+            }
+            _ => assert!(bytes.len() <= MAX_LINE, "a control line it accepted is within MAX_LINE"),
         }
         let mut again = Decoder::new(max_payload);
         again.extend(&bytes);

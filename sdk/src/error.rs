@@ -29,6 +29,7 @@ impl fmt::Display for IoError {
 
 /// A frame from the other side that breaks the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProtocolViolation {
     /// Bytes that do not decode.
     Decode(DecodeError),
@@ -36,6 +37,14 @@ pub enum ProtocolViolation {
     Unexpected {
         /// Its verb.
         verb: &'static str,
+    },
+    /// A frame that decodes but breaks a rule of the session: a gap in the message numbers,
+    /// an `ACK` above what was sent, a version 1 form on a version 2 connection.
+    Malformed {
+        /// Its verb.
+        verb: &'static str,
+        /// What is wrong with it.
+        detail: String,
     },
 }
 
@@ -45,6 +54,7 @@ impl ProtocolViolation {
         match self {
             ProtocolViolation::Decode(error) => error.code(),
             ProtocolViolation::Unexpected { .. } => ErrorCode::Unexpected,
+            ProtocolViolation::Malformed { .. } => ErrorCode::Malformed,
         }
     }
 }
@@ -54,6 +64,7 @@ impl fmt::Display for ProtocolViolation {
         match self {
             ProtocolViolation::Decode(error) => error.fmt(f),
             ProtocolViolation::Unexpected { verb } => write!(f, "unexpected {verb}"),
+            ProtocolViolation::Malformed { verb, detail } => write!(f, "bad {verb}: {detail}"),
         }
     }
 }

@@ -7,163 +7,35 @@ pub mod netns;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use futures::StreamExt;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use pulsewire::{Event, Events};
-use serde_json::Value;
+use pulsewire_testkit::{is_listening, listening_addr, server_command, Profile};
+
+pub use pulsewire_testkit::{Line, Process};
 
 /// Builds a binary of the workspace (once per test process) and returns its path. Built with
 /// cargo through escargot, in the same profile as the tests, never taken from a stale path.
-fn built(slot: &'static OnceLock<PathBuf>, build: fn() -> escargot::CargoBuild) -> PathBuf {
-    slot.get_or_init(|| {
-        let run = build().current_release().current_target().run().expect("cargo builds the binary");
-        run.path().to_path_buf()
-    })
-    .clone()
+fn built(slot: &'static OnceLock<PathBuf>, build: fn() -> anyhow::Result<PathBuf>) -> PathBuf {
+    slot.get_or_init(|| build().expect("cargo builds the binary")).clone()
 }
 
 /// The `demo-server` binary.
 pub fn demo_server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    built(&BIN, || escargot::CargoBuild::new().package("demo-server").bin("demo-server"))
+    built(&BIN, || pulsewire_testkit::build_demo_server(Profile::Current))
 }
 
 /// The SDK's example client binary.
 pub fn client_example_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    built(&BIN, || escargot::CargoBuild::new().package("pulsewire").example("client"))
-}
-
-/// A line a child process printed, with the moment the harness read it.
-#[derive(Debug, Clone)]
-pub struct Line {
-    /// The parsed JSON object.
-    pub json: Value,
-    /// When it was read.
-    pub at: Instant,
-}
-
-impl Line {
-    /// The `event` field.
-    pub fn event(&self) -> &str {
-        self.json["event"].as_str().unwrap_or("")
-    }
-
-    /// A string field.
-    pub fn str(&self, key: &str) -> &str {
-        self.json[key].as_str().unwrap_or("")
-    }
-}
-
-/// A child process that prints one JSON object per line, read on a thread of its own.
-#[derive(Debug)]
-pub struct Process {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<Line>,
-    /// Everything read so far, for assertions on history.
-    pub seen: Vec<Line>,
-}
-
-impl Process {
-    fn spawn(mut command: Command) -> anyhow::Result<Process> {
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let at = Instant::now();
-                match serde_json::from_str(&line) {
-                    Ok(json) => {
-                        if tx.send(Line { json, at }).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => eprintln!("[child stdout, not json] {line}"),
-                }
-            }
-        });
-        Ok(Process { child, stdin, lines, seen: Vec::new() })
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits up to `limit` for a line matching `pred` (lines before it are kept in `seen`).
-    pub fn wait_for(&mut self, limit: Duration, mut pred: impl FnMut(&Line) -> bool) -> anyhow::Result<Line> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).map_err(|_| {
-                let tail: Vec<_> = self.seen.iter().rev().take(8).map(|l| l.json.to_string()).collect();
-                anyhow!("no matching line within {limit:?}; last lines (newest first): {tail:#?}")
-            })?;
-            self.seen.push(line.clone());
-            if pred(&line) {
-                return Ok(line);
-            }
-        }
-    }
-
-    /// Waits for the event named `event` whose `peer` field is `peer`.
-    pub fn wait_event(&mut self, limit: Duration, event: &str, peer: &str) -> anyhow::Result<Line> {
-        self.wait_for(limit, |line| line.event() == event && line.str("peer") == peer)
-    }
-
-    /// Writes a line to the process's stdin.
-    pub fn type_line(&mut self, text: &str) -> anyhow::Result<()> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("stdin closed"))?;
-        writeln!(stdin, "{text}")?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Sends a signal.
-    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
-        let pid = i32::try_from(self.child.id())?;
-        kill(Pid::from_raw(pid), signal)?;
-        Ok(())
-    }
-
-    /// Waits up to `limit` for the process to exit; returns its exit code.
-    pub fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() >= deadline {
-                bail!("process {} still running after {limit:?}", self.child.id());
-            }
-            // Polling a child's exit status has no event to wait on here; 10 ms steps, bounded.
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        let _ = self.signal(Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    built(&BIN, || {
+        pulsewire_testkit::build(escargot::CargoBuild::new().package("pulsewire").example("client"), Profile::Current)
+    })
 }
 
 /// A running `demo-server --json`.
@@ -184,14 +56,13 @@ impl DemoServer {
     /// Like [`DemoServer::start`], with its logs filtered by `RUST_LOG=<filter>` (`"error"`
     /// keeps a test that makes a thousand bad connections readable).
     pub fn start_logging(listen: &str, args: &[&str], filter: Option<&str>) -> anyhow::Result<DemoServer> {
-        let mut command = Command::new(demo_server_bin());
-        command.args(["--json", "--listen", listen]).args(args);
+        let mut command = server_command(&demo_server_bin(), &[], listen, args);
         if let Some(filter) = filter {
             command.env("RUST_LOG", filter);
         }
         let mut process = Process::spawn(command)?;
-        let line = process.wait_for(Duration::from_secs(30), |line| line.event() == "listening")?;
-        let addr = line.str("addr").parse().context("listening address")?;
+        let line = process.wait_for(Duration::from_secs(30), |line| is_listening(&line.json))?;
+        let addr = listening_addr(&line.json)?;
         Ok(DemoServer { process, addr })
     }
 

@@ -1,13 +1,15 @@
 //! The embedded client: one idle client process, measured from outside once a second.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use pulsewire_testkit::Process;
 use serde::Serialize;
 
-use super::procs::{DemoServer, LineChild};
+use super::procs::DemoServer;
 use super::sampler::{self, ThreadUse};
 use super::Run;
 use crate::procfs;
@@ -63,24 +65,27 @@ pub fn run(run: &Run, window: Duration, driver: &str) -> anyhow::Result<Embedded
     let log = run.out_dir.join("demo-server-embedded.log");
     let server = DemoServer::spawn(&run.server, "127.0.0.1:0", &run.server_args(), &log)?;
     let (_, addr) = server.wait_listening(Duration::from_secs(30))?;
-    let mut child =
-        LineChild::spawn(&["embedded".into(), "--server".into(), addr.to_string(), "--driver".into(), driver.into()])?;
-    child.wait_event("baseline", Duration::from_secs(30))?;
+    let mut command = Command::new(std::env::current_exe().context("this binary's path")?);
+    command.args(["embedded", "--server", &addr.to_string(), "--driver", driver]);
+    // Killed and reaped on drop, before its stdin closes.
+    let mut child = Process::spawn(command).context("starting the embedded client")?;
+    let pid = child.pid();
+    child.wait_for(Duration::from_secs(30), |line| line.event() == "baseline")?;
     thread::sleep(Duration::from_millis(300));
-    let rss_runtime_kib = procfs::status(child.pid)?.vm_rss_kib;
-    child.tell("start")?;
-    child.wait_event("online", Duration::from_secs(30))?;
+    let rss_runtime_kib = procfs::status(pid)?.vm_rss_kib;
+    child.type_line("start")?;
+    child.wait_for(Duration::from_secs(30), |line| line.event() == "online")?;
     thread::sleep(settings.interval * 2);
 
-    let before = procfs::threads(child.pid)?;
+    let before = procfs::threads(pid)?;
     let start = Instant::now();
     let mut seconds = Vec::new();
     let mut rss_max_kib = 0;
     let steps = window.as_secs().max(1);
     for n in 1..=steps {
         thread::sleep((start + Duration::from_secs(n)).saturating_duration_since(Instant::now()));
-        let now = procfs::threads(child.pid).context("the embedded client is gone")?;
-        let rss_kib = procfs::status(child.pid)?.vm_rss_kib;
+        let now = procfs::threads(pid).context("the embedded client is gone")?;
+        let rss_kib = procfs::status(pid)?.vm_rss_kib;
         rss_max_kib = rss_max_kib.max(rss_kib);
         let used = sampler::thread_use(&before, &now, run.ticks_per_second);
         seconds.push(Second {
@@ -90,7 +95,7 @@ pub fn run(run: &Run, window: Duration, driver: &str) -> anyhow::Result<Embedded
             wakeups: used.values().map(|t| t.voluntary_switches).sum(),
         });
     }
-    let after = procfs::threads(child.pid)?;
+    let after = procfs::threads(pid)?;
     let window_s = start.elapsed().as_secs_f64();
     drop(child);
     drop(server);

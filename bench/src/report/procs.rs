@@ -1,17 +1,19 @@
 //! The processes a report runs: the real `demo-server`, load generators (this binary's
 //! `swarm` command) and the embedded client (`embedded`), each read on a thread of its own.
+//! Building, starting, signalling, killing and reaping them is `pulsewire-testkit`'s, shared
+//! with the end-to-end tests; what is read from them, and when, is the report's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use pulsewire_testkit::{is_listening, listening_addr, server_command, signal, Profile, Reaped};
 use serde_json::Value;
 
 use crate::clock::now_ns;
@@ -20,21 +22,8 @@ use crate::records::Records;
 /// Builds the `demo-server` binary in release mode with cargo, so the report never runs a
 /// stale binary; returns its path.
 pub fn build_demo_server() -> anyhow::Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     eprintln!("building demo-server (cargo build --release -p demo-server) ...");
-    let build = escargot::CargoBuild::new()
-        .manifest_path(manifest)
-        .package("demo-server")
-        .bin("demo-server")
-        .release()
-        .run()
-        .context("cargo build --release -p demo-server")?;
-    Ok(build.path().to_path_buf())
-}
-
-/// Sends `signal` to `pid`.
-pub fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
-    kill(Pid::from_raw(i32::try_from(pid)?), signal).with_context(|| format!("{signal} to {pid}"))
+    pulsewire_testkit::build_demo_server(Profile::Release)
 }
 
 /// Waits on a shared state until `ready` holds, for `limit` at most.
@@ -104,7 +93,7 @@ pub struct ServerProgram {
     /// Whether it prints the online list after each batch of joins and departures (the demo
     /// server).
     pub prints_lists: bool,
-    /// Whether it takes `--max-peers` (the SDK refuses peers beyond 10 000 by default).
+    /// Whether it takes `--max-peers` (the SDK's default maximum is 100 000 peers).
     pub takes_max_peers: bool,
 }
 
@@ -119,28 +108,10 @@ impl ServerProgram {
     }
 }
 
-/// A child process that is killed (after a `SIGCONT`, should it be stopped) and reaped when it
-/// is dropped, so that a report that fails halfway leaves no server or generator behind.
-#[derive(Debug)]
-struct Reaped(Child);
-
-impl Reaped {
-    fn kill(&mut self) {
-        let _ = signal(self.0.id(), Signal::SIGCONT);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A running server printing JSON lines: `demo-server --json` or `bench serve`.
 #[derive(Debug)]
 pub struct DemoServer {
+    /// Killed and reaped on drop, so that a report that fails halfway leaves no server behind.
     child: Reaped,
     /// Kept open: the server broadcasts stdin lines and ends its reader at end of input.
     _stdin: Option<ChildStdin>,
@@ -163,31 +134,21 @@ impl DemoServer {
     ) -> anyhow::Result<DemoServer> {
         let stderr = std::fs::File::create(stderr_log).with_context(|| format!("creating {}", stderr_log.display()))?;
         let bin = &server.program;
-        let mut command = Command::new(bin);
+        let mut command = server_command(bin, &server.prefix, listen, args);
         command
-            .args(&server.prefix)
-            .args(["--json", "--listen", listen])
-            .args(args)
             // Per-peer `info` logs would cost the server a formatted stderr line per join.
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr);
         let spawned_at = now_ns();
-        let mut child = command.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut child = Reaped::new(command.spawn().with_context(|| format!("starting {}", bin.display()))?);
+        let stdout = child.child().stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let log: Arc<(Mutex<ServerLog>, Condvar)> = Arc::default();
         let reader_log = log.clone();
         thread::Builder::new().name("server-stdout".into()).spawn(move || read_server(stdout, &reader_log))?;
         let prints_lists = server.prints_lists;
-        Ok(DemoServer {
-            pid: child.id(),
-            _stdin: child.stdin.take(),
-            child: Reaped(child),
-            spawned_at,
-            log,
-            prints_lists,
-        })
+        Ok(DemoServer { pid: child.pid(), _stdin: child.child().stdin.take(), child, spawned_at, log, prints_lists })
     }
 
     /// Waits until the server printed `listening`; returns when it was read, and the address.
@@ -263,9 +224,11 @@ fn read_server(stdout: impl std::io::Read, log: &(Mutex<ServerLog>, Condvar)) {
             continue;
         }
         let Ok(value) = serde_json::from_slice::<Value>(&line) else { continue };
+        if is_listening(&value) {
+            guard.listening = listening_addr(&value).ok().map(|addr| (at, addr));
+        }
         let text = |key: &str| value[key].as_str().unwrap_or("").to_owned();
         match value["event"].as_str() {
-            Some("listening") => guard.listening = text("addr").parse().ok().map(|addr| (at, addr)),
             Some("online") => guard.online.push(PeerLine { at, peer: text("peer"), reason: String::new() }),
             Some("offline") => guard.offline.push(PeerLine { at, peer: text("peer"), reason: text("reason") }),
             _ => {}
@@ -340,9 +303,9 @@ impl Generator {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = command.spawn().context("starting a generator")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let mut child = Reaped::new(command.spawn().context("starting a generator")?);
+        let stdout = child.child().stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let stdin = child.child().stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
         let state: Arc<(Mutex<GeneratorState>, Condvar)> = Arc::default();
         let reader_state = state.clone();
         thread::Builder::new().name("generator-stdout".into()).spawn(move || {
@@ -364,7 +327,7 @@ impl Generator {
             lock(&reader_state.0).status.closed = true;
             reader_state.1.notify_all();
         })?;
-        Ok(Generator { pid: child.id(), _child: Reaped(child), stdin, state })
+        Ok(Generator { pid: child.pid(), _child: child, stdin, state })
     }
 
     /// The last status it printed.
@@ -410,57 +373,6 @@ pub fn wait_online(generators: &[Generator], online: usize, limit: Duration) -> 
         }
         // Status lines come every 100 ms; polling them at that pace costs nothing measurable.
         thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A line-oriented child (the embedded client): its stdout events, in order.
-#[derive(Debug)]
-pub struct LineChild {
-    /// Killed and reaped on drop, before its stdin closes.
-    _child: Reaped,
-    stdin: ChildStdin,
-    /// Its process id.
-    pub pid: u32,
-    lines: Arc<(Mutex<Vec<Value>>, Condvar)>,
-}
-
-impl LineChild {
-    /// Starts this binary with `args`.
-    pub fn spawn(args: &[String]) -> anyhow::Result<LineChild> {
-        let exe = std::env::current_exe().context("this binary's path")?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting a child")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        let lines: Arc<(Mutex<Vec<Value>>, Condvar)> = Arc::default();
-        let reader = lines.clone();
-        thread::Builder::new().name("child-stdout".into()).spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(value) = serde_json::from_str(&line) {
-                    lock(&reader.0).push(value);
-                    reader.1.notify_all();
-                }
-            }
-        })?;
-        Ok(LineChild { pid: child.id(), _child: Reaped(child), stdin, lines })
-    }
-
-    /// Waits for a line whose `event` is `event`.
-    pub fn wait_event(&self, event: &str, limit: Duration) -> anyhow::Result<Value> {
-        wait_on(&self.lines, limit, event, |lines| lines.iter().find(|line| line["event"] == event).cloned())
-    }
-
-    /// Writes a line to its stdin.
-    pub fn tell(&mut self, line: &str) -> anyhow::Result<()> {
-        writeln!(self.stdin, "{line}")?;
-        self.stdin.flush()?;
-        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::core::ReconnectPolicy;
+use crate::core::{OutboxLimits, ReconnectPolicy, ResumeState};
 use crate::error::{validate_payload, ConfigError};
 use crate::protocol::{ClientId, DEFAULT_MAX_PAYLOAD};
 
@@ -19,7 +19,8 @@ pub struct ClientConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) close_timeout: Duration,
-    pub(crate) send_queue: usize,
+    pub(crate) outbox: OutboxLimits,
+    pub(crate) resume: Option<ResumeState>,
 }
 
 impl ClientConfig {
@@ -48,7 +49,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(1),
-            send_queue: 256,
+            outbox: OutboxLimits::default(),
+            resume: None,
             initial_delay_set: false,
         }
     }
@@ -85,7 +87,8 @@ pub struct ClientConfigBuilder {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     close_timeout: Duration,
-    send_queue: usize,
+    outbox: OutboxLimits,
+    resume: Option<ResumeState>,
     /// Whether the application chose the initial delay (else it follows a lower max delay).
     initial_delay_set: bool,
 }
@@ -162,11 +165,22 @@ impl ClientConfigBuilder {
         self
     }
 
-    /// How many messages may wait to be written (default 256); beyond it
-    /// [`Client::try_send`](crate::Client::try_send) fails with
-    /// [`SendError::Full`](crate::SendError::Full) and [`Client::send`](crate::Client::send) waits.
-    pub fn send_queue(mut self, messages: usize) -> Self {
-        self.send_queue = messages;
+    /// The outbox bounds: how many messages, and how many payload bytes, may wait to be written
+    /// or acknowledged at once (default 1024 messages and 1 MiB). Beyond them
+    /// [`Client::try_send`](crate::Client::try_send) refuses with
+    /// [`SendError::Full`](crate::SendError::Full), and [`Client::send`](crate::Client::send)
+    /// waits while online and refuses while offline.
+    pub fn outbox(mut self, max_messages: usize, max_bytes: usize) -> Self {
+        self.outbox = OutboxLimits { max_messages, max_bytes };
+        self
+    }
+
+    /// Resumes a session saved by an earlier run of the application (see
+    /// [`Client::resume_state`](crate::Client::resume_state)): the server replays what this
+    /// client's application has not had, and takes what it sends next in order. A state the
+    /// server no longer knows starts a fresh session, without an error.
+    pub fn resume(mut self, state: ResumeState) -> Self {
+        self.resume = Some(state);
         self
     }
 
@@ -187,10 +201,13 @@ impl ClientConfigBuilder {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
-        if self.send_queue == 0 {
-            return Err(ConfigError::ZeroCount("send queue"));
-        }
         validate_payload(self.max_payload)?;
+        if self.outbox.max_messages == 0 {
+            return Err(ConfigError::ZeroCount("outbox messages"));
+        }
+        if self.outbox.max_bytes < self.max_payload {
+            return Err(ConfigError::OutOfRange { name: "outbox bytes", expected: "at least the max payload" });
+        }
         Ok(ClientConfig {
             server: self.server,
             client_id,
@@ -199,7 +216,8 @@ impl ClientConfigBuilder {
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
             close_timeout: self.close_timeout,
-            send_queue: self.send_queue,
+            outbox: self.outbox,
+            resume: self.resume,
         })
     }
 }
@@ -228,7 +246,8 @@ mod tests {
         let base = || ClientConfig::builder("127.0.0.1:7878", "desk");
         let cases = [
             (base().connect_timeout(Duration::ZERO).build(), "connect timeout must be above zero"),
-            (base().send_queue(0).build(), "send queue must be at least 1"),
+            (base().outbox(0, 1 << 20).build(), "outbox messages must be at least 1"),
+            (base().outbox(8, 100).build(), "outbox bytes must be at least the max payload"),
             (base().max_payload(0).build(), "max payload 0"),
             (base().jitter(2.0).build(), "jitter 2"),
             (base().multiplier(0.5).build(), "multiplier 0.5"),

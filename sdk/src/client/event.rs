@@ -10,7 +10,12 @@ use crate::error::{IoError, ProtocolViolation};
 use crate::protocol::{ErrorCode, SessionId};
 
 /// Something that happened to the connection. Read them from [`Events`](crate::Events).
+///
+/// Every message [`Client::send`](crate::Client::send) accepted ends in exactly one of
+/// [`Event::Delivered`], [`Event::Expired`] and [`Event::Undelivered`] (a volatile message's
+/// outcome is the result of its send).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// A connect attempt starts (attempts count from 1 in each offline period).
     Connecting {
@@ -19,8 +24,12 @@ pub enum Event {
     },
     /// The handshake completed: the client is online.
     Connected {
-        /// The session the server opened.
+        /// The session the server opened, or the one it resumed.
         session: SessionId,
+        /// Whether the server resumed the client's session: nothing was lost or duplicated
+        /// across the reconnect. When false the session is new (the first connect, or the
+        /// server lost the old one; see [`Event::Undelivered`]).
+        resumed: bool,
         /// The pulse interval the server announced.
         interval: Duration,
         /// The miss limit the server announced.
@@ -56,17 +65,46 @@ pub enum Event {
         /// What went wrong last.
         last_error: Option<Failure>,
     },
-    /// A message from the server.
-    Message(Bytes),
-    /// A message that was accepted by [`Client::send`](crate::Client::send) but that the
-    /// server had not confirmed when its connection ended, handed back in the order sent.
+    /// A message from the server, handed over once and in order. `seq` is its number in the
+    /// session (from 1; 0 for a volatile message, which is not numbered).
+    Message {
+        /// Its number in the session.
+        seq: u64,
+        /// The message.
+        payload: Bytes,
+    },
+    /// The server's application has every message up to `up_to` (cumulative, in ticket
+    /// order): each reliable message with a ticket up to it that had no other outcome yet is
+    /// delivered. Any other outcome of a lower ticket came before this event.
+    Delivered {
+        /// The highest ticket delivered.
+        up_to: Ticket,
+        /// How many messages this event delivers.
+        count: usize,
+    },
+    /// A message whose time to live passed before it could be written; it was never sent.
+    Expired {
+        /// Its ticket.
+        ticket: Ticket,
+        /// The message, handed back.
+        payload: Bytes,
+    },
+    /// A message the client gives up on, handed back: the client was closed (or refused for
+    /// good) before it was acknowledged, or the server started a fresh session (it lost the
+    /// old one: restarted, or kept it for less time than the client was away).
     ///
-    /// The client follows the messages it writes with a pulse of its own, and a server of this
-    /// SDK answers that pulse only once its application has the messages before it: a message
-    /// not handed back was delivered. One handed back was most likely not; it may still have
-    /// reached the server if the connection died between the delivery and the confirmation, so
-    /// an application that sends it again gets it delivered at least once.
-    Undelivered(Bytes),
+    /// `maybe_delivered` is true when it was written on a connection and may have reached the
+    /// server's application; pulsewire never sends such a message again on its own, so an
+    /// application that sends it again gets it at least once. When false, it never left the
+    /// client.
+    Undelivered {
+        /// Its ticket.
+        ticket: Ticket,
+        /// The message, handed back.
+        payload: Bytes,
+        /// Whether it was written and may have arrived.
+        maybe_delivered: bool,
+    },
     /// The client stopped for good; this is the last event.
     Closed {
         /// Why it stopped.
@@ -74,8 +112,27 @@ pub enum Event {
     },
 }
 
+/// The receipt of an accepted message: the events about it name it. Tickets count up from 1
+/// in the order messages are accepted, for the life of the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub(crate) u64);
+
+impl Ticket {
+    /// The ticket as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// The client's state as [`Client::state`](crate::Client::state) reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum State {
     /// Not connected, about to decide what to do.
     Offline,
@@ -109,6 +166,7 @@ pub enum State {
 
 /// Why a live connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DisconnectReason {
     /// The checker counted `missed` missed pulses in a row: the server is dead, frozen or
     /// unreachable, even if TCP said nothing.
@@ -187,6 +245,7 @@ impl fmt::Display for DisconnectReason {
 
 /// Why a connect attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// Resolving or connecting failed (refused, unreachable, …).
     Io(IoError),
@@ -226,6 +285,7 @@ impl std::error::Error for ConnectError {}
 
 /// What ended the previous attempt or connection, as reported in [`Event::BackingOff`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Failure {
     /// A connect attempt failed.
     Connect(ConnectError),
@@ -244,6 +304,7 @@ impl fmt::Display for Failure {
 
 /// Why the client stopped for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// [`Client::close`](crate::Client::close) was called, or every handle was dropped.
     Application,
@@ -281,6 +342,7 @@ impl fmt::Display for CloseReason {
 /// Why [`Client::send`](crate::Client::send) or [`Client::try_send`](crate::Client::try_send)
 /// refused a message. Every variant hands the payload back.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The client is not online; nothing is queued while offline.
     Offline(Bytes),
@@ -326,6 +388,7 @@ impl std::error::Error for SendError {}
 
 /// Why [`Client::probe`](crate::Client::probe) has no round trip to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProbeError {
     /// The client is not online.
     Offline,

@@ -4,8 +4,8 @@
 mod config;
 mod driver;
 mod event;
-mod ledger;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,12 +18,11 @@ use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::{Stream, StreamExt as _};
 
-use crate::core::MissWatch;
-use crate::protocol::{Frame, SessionId};
-use ledger::Ledger;
+use crate::core::{ClientMachine, ClientMachineConfig, ConnectionEnd, OutboxStatus, ResumeState, SendOptions};
+use driver::Emit;
 
 pub use config::{ClientConfig, ClientConfigBuilder};
-pub use event::{CloseReason, ConnectError, DisconnectReason, Event, Failure, ProbeError, SendError, State};
+pub use event::{CloseReason, ConnectError, DisconnectReason, Event, Failure, ProbeError, SendError, State, Ticket};
 
 /// The application's handle to a client connection. Cheap to clone; every clone controls the
 /// same connection.
@@ -45,7 +44,7 @@ pub use event::{CloseReason, ConnectError, DisconnectReason, Event, Failure, Pro
 ///             println!("online, session {session}");
 ///             client.send("hello").await?;
 ///         }
-///         Event::Message(bytes) => println!("server says {bytes:?}"),
+///         Event::Message { payload, .. } => println!("server says {payload:?}"),
 ///         Event::Disconnected { reason } => println!("lost: {reason}"),
 ///         Event::Closed { .. } => break,
 ///         _ => {}
@@ -98,7 +97,7 @@ impl Client {
 
     /// Creates a client and its driver without running it: poll the [`Driver`] on any
     /// executor (`smol::spawn`, `tokio::spawn`, a thread with `futures::executor::block_on`).
-    /// Nothing connects until the driver runs.
+    /// Nothing connects until the driver runs; messages sent meanwhile wait in the outbox.
     ///
     /// Sockets and timers wait on async-io's reactor, which has a thread of its own, so the
     /// executor needs no I/O support. Note that while any thread of the process runs
@@ -116,11 +115,30 @@ impl Client {
     /// ```
     pub fn new(config: ClientConfig) -> (Client, Events, Driver) {
         let config = Arc::new(config);
-        let shared = Arc::new(Shared { phase: Mutex::new(Phase::Offline), tasks: TaskCount::default() });
+        let machine_config = ClientMachineConfig {
+            client_id: config.client_id.clone(),
+            token: None,
+            max_payload: config.max_payload,
+            handshake_timeout: config.handshake_timeout,
+            close_timeout: config.close_timeout,
+            ack_delay: crate::core::DEFAULT_ACK_DELAY,
+            outbox: config.outbox,
+        };
+        let machine = ClientMachine::new(machine_config, config.resume.clone());
+        let (event_tx, event_rx) = mpsc::unbounded();
+        let shared = Arc::new(Shared {
+            machine: Mutex::new(machine),
+            phase: Mutex::new(Phase::Offline),
+            tasks: TaskCount::default(),
+            emit: Emit(event_tx),
+            rings: Rings::default(),
+            end: Mutex::new(None),
+            probes: Mutex::new(HashMap::new()),
+            room: event_listener::Event::new(),
+        });
         let (close_tx, close_rx) = async_channel::bounded(1);
         let (done_tx, done_rx) = async_channel::bounded(1);
-        let (event_tx, event_rx) = mpsc::unbounded();
-        let driver = driver::run(config.clone(), shared.clone(), event_tx, close_rx, done_tx);
+        let driver = driver::run(config.clone(), shared.clone(), close_rx, done_tx);
         let inner = Inner { config, shared, close: close_tx, done: done_rx };
         (Client { inner: Arc::new(inner) }, Events { rx: event_rx }, Driver(Box::pin(driver)))
     }
@@ -132,10 +150,12 @@ impl Client {
 
     /// The current state.
     pub fn state(&self) -> State {
-        match &*self.inner.shared.phase() {
+        if let Some((session, misses)) = self.inner.shared.machine().online() {
+            return State::Online { session: session.clone(), misses };
+        }
+        match &*lock(&self.inner.shared.phase) {
             Phase::Offline => State::Offline,
             Phase::Connecting { attempt } => State::Connecting { attempt: *attempt },
-            Phase::Online(link) => State::Online { session: link.session.clone(), misses: lock(&link.watch).missed() },
             Phase::BackingOff { attempt, next_delay, retry_at } => {
                 State::BackingOff { attempt: *attempt, next_delay: *next_delay, retry_at: *retry_at }
             }
@@ -143,39 +163,52 @@ impl Client {
         }
     }
 
-    /// Queues a message for the server without waiting.
-    ///
-    /// Messages are only accepted while online; see [`SendError`] for every refusal, each of
-    /// which hands the payload back. A message accepted here is either confirmed by the server
-    /// (its application has it) or handed back in [`Event::Undelivered`] when the connection
-    /// ends first: nothing accepted is lost without a word.
-    pub fn try_send(&self, payload: impl Into<Bytes>) -> Result<(), SendError> {
-        let link = self.link_for(payload.into())?;
-        let (link, payload) = link;
-        link.data.try_send(payload).map_err(|error| match error {
-            async_channel::TrySendError::Full(payload) => SendError::Full(payload),
-            async_channel::TrySendError::Closed(payload) => SendError::Offline(payload),
-        })
+    /// What the outbox holds right now: messages waiting to be written, and written but not
+    /// yet acknowledged.
+    pub fn outbox(&self) -> OutboxStatus {
+        self.inner.shared.machine().outbox()
     }
 
-    /// Queues a message for the server, waiting while the send queue is full.
-    ///
-    /// Fails at once when the client is offline (nothing is queued across reconnects) and when
-    /// the connection ends while waiting; the error hands the payload back.
-    pub async fn send(&self, payload: impl Into<Bytes>) -> Result<(), SendError> {
-        let (link, payload) = self.link_for(payload.into())?;
-        link.data.send(payload).await.map_err(|error| SendError::Offline(error.0))
+    /// The session as an application would save it to resume after its own process restarts
+    /// (see [`ResumeState`]); `None` before the first connection.
+    pub fn resume_state(&self) -> Option<ResumeState> {
+        self.inner.shared.machine().resume_state()
     }
 
-    fn link_for(&self, payload: Bytes) -> Result<(Arc<Link>, Bytes), SendError> {
-        let max = self.inner.config.max_payload;
-        if payload.len() > max {
-            return Err(SendError::TooLarge { payload, max });
-        }
-        match &*self.inner.shared.phase() {
-            Phase::Online(link) => Ok((link.clone(), payload)),
-            Phase::Closed(_) => Err(SendError::Closed(payload)),
-            _ => Err(SendError::Offline(payload)),
+    /// Accepts a message for the server without waiting, online or offline: it goes into the
+    /// outbox and is written as soon as a connection is up. Returns its ticket; the events
+    /// [`Event::Delivered`], [`Event::Expired`] or [`Event::Undelivered`] tell its outcome,
+    /// exactly one of them. Every refusal ([`SendError`]) hands the payload back.
+    ///
+    /// While a session resumes, a message is delivered exactly once; see [`Event::Undelivered`]
+    /// for what happens when the server starts a fresh session instead.
+    pub fn try_send(&self, payload: impl Into<Bytes>) -> Result<Ticket, SendError> {
+        self.try_send_with(payload, SendOptions::new())
+    }
+
+    /// [`Client::try_send`] with options: a time to live, or volatile (written now on the
+    /// live connection or refused, never kept or acknowledged).
+    pub fn try_send_with(&self, payload: impl Into<Bytes>, options: SendOptions) -> Result<Ticket, SendError> {
+        let payload = payload.into();
+        self.inner.shared.with_machine(|machine| machine.send(payload, options, Instant::now()))
+    }
+
+    /// Accepts a message for the server; while the outbox is full and the client is online,
+    /// waits for room (acknowledgements make it). Offline, a full outbox refuses at once.
+    pub async fn send(&self, payload: impl Into<Bytes>) -> Result<Ticket, SendError> {
+        self.send_with(payload, SendOptions::new()).await
+    }
+
+    /// [`Client::send`] with options (see [`Client::try_send_with`]).
+    pub async fn send_with(&self, payload: impl Into<Bytes>, options: SendOptions) -> Result<Ticket, SendError> {
+        let mut payload = payload.into();
+        loop {
+            let listener = self.inner.shared.room.listen();
+            match self.try_send_with(payload, options) {
+                Err(SendError::Full(back)) if self.inner.shared.machine().is_online() => payload = back,
+                other => return other,
+            }
+            listener.await;
         }
     }
 
@@ -186,23 +219,20 @@ impl Client {
     /// It resolves with an error when the connection ends first, so a dead server makes it
     /// fail within the miss window; wrap it in a timeout for a tighter bound.
     pub async fn probe(&self) -> Result<Duration, ProbeError> {
-        let link = match &*self.inner.shared.phase() {
-            Phase::Online(link) => link.clone(),
-            _ => return Err(ProbeError::Offline),
-        };
+        let shared = &self.inner.shared;
         let (answer_tx, answer_rx) = oneshot::channel();
-        let seq = lock(&link.ledger).probe((Instant::now(), answer_tx)).ok_or(ProbeError::TooMany)?;
-        if link.control.send(Frame::Pulse { seq }).await.is_err() {
-            lock(&link.ledger).forget_probe(seq);
-            return Err(ProbeError::Disconnected);
-        }
+        shared.with_machine(|machine| {
+            let seq = machine.probe(Instant::now())?;
+            lock(&shared.probes).insert(seq, answer_tx);
+            Ok(())
+        })?;
         answer_rx.await.map_err(|_| ProbeError::Disconnected)
     }
 
-    /// Closes the client: queued messages are flushed and their confirmation awaited, `BYE
-    /// quit` is sent, the connection and every task end, and [`Event::Closed`] is the last
+    /// Closes the client: what is in the outbox is written and its acknowledgement awaited,
+    /// `BYE quit` is sent, the connection and every task end, and [`Event::Closed`] is the last
     /// event. All of that takes at most the close timeout: messages the server has not
-    /// confirmed by then come back as [`Event::Undelivered`]. Returns once the driver has
+    /// acknowledged by then come back as [`Event::Undelivered`]. Returns once the driver has
     /// finished, or after the close timeout plus a second if the driver is stuck or never ran.
     pub async fn close(&self) {
         self.inner.close.close();
@@ -234,7 +264,7 @@ impl Client {
     /// Whether the client has stopped for good (after [`Client::close`], a give-up or a
     /// refusal): its connection and tasks are gone, and [`Event::Closed`] is on its way.
     pub fn is_finished(&self) -> bool {
-        matches!(*self.inner.shared.phase(), Phase::Closed(_))
+        matches!(*lock(&self.inner.shared.phase), Phase::Closed(_))
     }
 }
 
@@ -281,10 +311,58 @@ impl Stream for Events {
     }
 }
 
-/// What the handle and the driver share.
+/// What the handle and the driver share: the machine, behind one lock that every step takes
+/// briefly, and the rings that wake the driver's tasks.
 pub(crate) struct Shared {
+    machine: Mutex<ClientMachine>,
     phase: Mutex<Phase>,
     tasks: TaskCount,
+    emit: Emit,
+    rings: Rings,
+    /// How the connection ended, once the machine said so.
+    end: Mutex<Option<ConnectionEnd>>,
+    /// The probes waiting for their answer.
+    probes: Mutex<HashMap<u64, oneshot::Sender<Duration>>>,
+    /// Notified when the outbox may have room, or the client went offline.
+    room: event_listener::Event,
+}
+
+/// A ring is a channel of one: ringing a full one is a no-op, the woken task looks at the
+/// machine for what to do.
+type Ring = (async_channel::Sender<()>, async_channel::Receiver<()>);
+
+#[derive(Debug)]
+pub(crate) struct Rings {
+    /// The machine has bytes to write: the writer.
+    transmit_ready: Ring,
+    /// The machine's next deadline may have moved: the checker.
+    deadline_moved: Ring,
+    /// The connection is over: the connection's loop.
+    ended: Ring,
+}
+
+impl Default for Rings {
+    fn default() -> Self {
+        Rings {
+            transmit_ready: async_channel::bounded(1),
+            deadline_moved: async_channel::bounded(1),
+            ended: async_channel::bounded(1),
+        }
+    }
+}
+
+impl Rings {
+    /// Forgets rings meant for an earlier connection.
+    fn clear(&self) {
+        for ring in [&self.transmit_ready, &self.deadline_moved, &self.ended] {
+            while ring.1.try_recv().is_ok() {}
+        }
+    }
+}
+
+fn ring(ring: &Ring) {
+    // Full: it is rung already.
+    let _ = ring.0.try_send(());
 }
 
 /// Counts the client's running tasks (futures inside the driver): each holds a [`TaskGuard`].
@@ -313,36 +391,63 @@ impl Drop for TaskGuard {
 }
 
 impl Shared {
-    fn phase(&self) -> MutexGuard<'_, Phase> {
-        lock(&self.phase)
+    fn machine(&self) -> MutexGuard<'_, ClientMachine> {
+        lock(&self.machine)
     }
 
     fn set(&self, phase: Phase) {
-        *self.phase() = phase;
+        *lock(&self.phase) = phase;
+    }
+
+    fn emit(&self, event: Event) {
+        self.emit.send(event);
+    }
+
+    fn take_end(&self) -> Option<ConnectionEnd> {
+        lock(&self.end).take()
+    }
+
+    /// Runs one step of the machine, then hands on everything it produced: its events (in
+    /// order, under the lock, so that steps on two threads cannot reorder them), probe
+    /// answers, and rings for the writer, the checker and the connection's end.
+    fn with_machine<R>(&self, step: impl FnOnce(&mut ClientMachine) -> R) -> R {
+        let mut machine = self.machine();
+        let result = step(&mut machine);
+        let mut room = false;
+        while let Some(event) = machine.poll_event() {
+            room |= matches!(event, Event::Delivered { .. } | Event::Undelivered { .. } | Event::Expired { .. });
+            self.emit.send(event);
+        }
+        while let Some((seq, rtt)) = machine.poll_probe() {
+            if let Some(answer) = lock(&self.probes).remove(&seq) {
+                let _ = answer.send(rtt);
+            }
+        }
+        if let Some(end) = machine.poll_end() {
+            // Probes still waiting fail with `Disconnected`; `send` waiters look again.
+            lock(&self.probes).clear();
+            *lock(&self.end) = Some(end);
+            room = true;
+            ring(&self.rings.ended);
+        }
+        if machine.has_transmit() {
+            ring(&self.rings.transmit_ready);
+        }
+        drop(machine);
+        ring(&self.rings.deadline_moved);
+        if room {
+            self.room.notify(usize::MAX);
+        }
+        result
     }
 }
 
 pub(crate) enum Phase {
     Offline,
     Connecting { attempt: u32 },
-    Online(Arc<Link>),
     BackingOff { attempt: u32, next_delay: Duration, retry_at: Instant },
     Closed(CloseReason),
 }
-
-/// One live connection, as the handle reaches it.
-pub(crate) struct Link {
-    session: SessionId,
-    /// When the checker looks next, and the misses it counted; the responder resets it.
-    watch: Mutex<MissWatch>,
-    control: async_channel::Sender<Frame>,
-    data: async_channel::Sender<Bytes>,
-    /// Probes waiting for their answer, messages waiting for their confirmation.
-    ledger: Mutex<Ledger<Probe>>,
-}
-
-/// A waiting probe: when its pulse was queued, and where its round trip goes.
-pub(crate) type Probe = (Instant, oneshot::Sender<Duration>);
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
 /// section here is a plain assignment or map update).

@@ -125,12 +125,11 @@ pub enum FirstAttempt {
 /// ```
 /// use std::time::{Duration, Instant};
 /// use pulsewire::ReconnectPolicy;
-/// use pulsewire::core::{BackoffSchedule, FirstAttempt};
+/// use pulsewire::core::BackoffSchedule;
 ///
 /// let policy = ReconnectPolicy { jitter: 0.0, max_attempts: Some(3), ..Default::default() };
 /// let now = Instant::now();
-/// let mut schedule = BackoffSchedule::new(policy, 7);
-/// schedule.reset(now, FirstAttempt::Immediate);
+/// let mut schedule = BackoffSchedule::new(policy, 7, now); // an offline period starts at `now`
 /// assert_eq!(schedule.next_attempt(now), Some(Duration::ZERO));
 /// assert_eq!(schedule.next_attempt(now), Some(Duration::from_millis(250)));
 /// assert_eq!(schedule.next_attempt(now), Some(Duration::from_millis(500)));
@@ -157,10 +156,10 @@ impl backoff::Clock for GivenTime {
 }
 
 impl BackoffSchedule {
-    /// A schedule for `policy`, drawing its jitter from a generator seeded with `seed`.
-    /// Call [`BackoffSchedule::reset`] at the start of each offline period.
-    pub fn new(policy: ReconnectPolicy, seed: u64) -> BackoffSchedule {
-        let now = Instant::now();
+    /// A schedule for `policy`, drawing its jitter from a generator seeded with `seed`, whose
+    /// first offline period starts at `now` with an immediate attempt (the client has just
+    /// started). Call [`BackoffSchedule::reset`] at the start of each later offline period.
+    pub fn new(policy: ReconnectPolicy, seed: u64, now: Instant) -> BackoffSchedule {
         let exponential = ExponentialBackoff {
             current_interval: policy.initial_delay,
             initial_interval: policy.initial_delay,
@@ -253,7 +252,7 @@ mod tests {
     #[test]
     fn delays_grow_exponentially_up_to_the_max() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(policy(), 1);
+        let mut schedule = BackoffSchedule::new(policy(), 1, now);
         schedule.reset(now, FirstAttempt::Delayed);
         let delays: Vec<_> = (0..7).map(|_| schedule.next_attempt(now).unwrap()).collect();
         assert_eq!(delays, vec![ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]);
@@ -262,7 +261,7 @@ mod tests {
     #[test]
     fn full_jitter_stays_within_zero_and_the_base_and_spreads() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(ReconnectPolicy { jitter: 1.0, ..policy() }, 42);
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { jitter: 1.0, ..policy() }, 42, now);
         let mut seen = Vec::new();
         for _ in 0..2000 {
             schedule.reset(now, FirstAttempt::Delayed);
@@ -280,7 +279,7 @@ mod tests {
     #[test]
     fn partial_jitter_keeps_the_lower_bound() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(ReconnectPolicy { jitter: 0.5, ..policy() }, 3);
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { jitter: 0.5, ..policy() }, 3, now);
         schedule.reset(now, FirstAttempt::Delayed);
         for _ in 0..1000 {
             let delay = schedule.next_attempt(now).unwrap();
@@ -292,7 +291,7 @@ mod tests {
     fn huge_multiplier_is_capped_without_overflow() {
         let now = Instant::now();
         let policy = ReconnectPolicy { multiplier: 1e12, ..policy() };
-        let mut schedule = BackoffSchedule::new(policy, 1);
+        let mut schedule = BackoffSchedule::new(policy, 1, now);
         schedule.reset(now, FirstAttempt::Delayed);
         for _ in 0..100 {
             assert!(schedule.next_attempt(now).unwrap() <= ms(1000));
@@ -303,8 +302,8 @@ mod tests {
     fn gives_up_after_max_elapsed_on_the_virtual_clock() {
         let start = Instant::now();
         let policy = ReconnectPolicy { max_elapsed: Some(ms(500)), ..policy() };
-        let mut schedule = BackoffSchedule::new(policy, 1);
-        schedule.reset(start, FirstAttempt::Immediate);
+        // A new schedule's first offline period starts at the time it is given.
+        let mut schedule = BackoffSchedule::new(policy, 1, start);
         assert_eq!(schedule.next_attempt(start), Some(Duration::ZERO));
         assert_eq!(schedule.next_attempt(start + ms(10)), Some(ms(100)));
         assert_eq!(schedule.next_attempt(start + ms(499)), Some(ms(200)));
@@ -313,9 +312,20 @@ mod tests {
     }
 
     #[test]
+    fn schedule_reads_no_clock_only_the_times_it_is_given() {
+        // An hour ahead of the real clock: a schedule that read it would see no time pass.
+        let start = Instant::now() + Duration::from_secs(3600);
+        let policy = ReconnectPolicy { max_elapsed: Some(ms(500)), ..policy() };
+        let mut schedule = BackoffSchedule::new(policy, 1, start);
+        assert_eq!(schedule.elapsed(start + ms(30)), ms(30));
+        assert_eq!(schedule.next_attempt(start + ms(499)), Some(Duration::ZERO));
+        assert_eq!(schedule.next_attempt(start + ms(500)), None);
+    }
+
+    #[test]
     fn reset_starts_over() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(ReconnectPolicy { max_attempts: Some(2), ..policy() }, 1);
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { max_attempts: Some(2), ..policy() }, 1, now);
         schedule.reset(now, FirstAttempt::Delayed);
         assert_eq!(schedule.next_attempt(now), Some(ms(100)));
         assert_eq!(schedule.next_attempt(now), Some(ms(200)));
@@ -329,8 +339,7 @@ mod tests {
     #[test]
     fn only_a_connection_that_saw_a_pulse_starts_a_new_offline_period() {
         let now = Instant::now();
-        let mut schedule = BackoffSchedule::new(ReconnectPolicy { max_attempts: Some(3), ..policy() }, 1);
-        schedule.reset(now, FirstAttempt::Immediate);
+        let mut schedule = BackoffSchedule::new(ReconnectPolicy { max_attempts: Some(3), ..policy() }, 1, now);
         assert_eq!(schedule.next_attempt(now), Some(Duration::ZERO));
         schedule.connection_ended(now, false);
         assert_eq!(schedule.next_attempt(now), Some(ms(100)), "the same period goes on");

@@ -5,12 +5,25 @@
 
 mod backoff;
 mod cadence;
+mod client_machine;
 mod delivery;
+mod hub;
 mod miss;
 mod online;
+mod server_machine;
+mod sessions;
 
 pub use self::backoff::{BackoffSchedule, FirstAttempt, PolicyError, ReconnectPolicy};
 pub use cadence::Cadence;
+pub use client_machine::{
+    ClientMachine, ClientMachineConfig, ConnectionEnd, OutboxLimits, OutboxStatus, ResumeState, SendOptions, MAX_PROBES,
+};
 pub use delivery::{AckAboveSent, Inbound, Numbered, Outbound, Receipt, SequenceGap, DEFAULT_ACK_DELAY};
+pub use hub::{HubConfig, HubCore, Join, PeerLink};
 pub use miss::{MissCounter, MissWatch, Tick};
 pub use online::{ConnKey, Departed, Eviction, Joined, Observation, OnlineList, PeerInfo};
+pub use server_machine::{ConnEnd, ServerMachine, ServerMachineConfig, ServerMachineEvent, WelcomeTerms};
+pub use sessions::{
+    DetachedLimits, KeptSession, SendRefused, ServerSession, SessionLimits, SessionTable, Undelivered,
+    DEFAULT_DETACHED_BYTES, DEFAULT_KEEP, DEFAULT_SESSION_BYTES, DEFAULT_SESSION_MESSAGES,
+};

@@ -69,8 +69,6 @@ struct Peer<L> {
     link: L,
     seen_since_tick: bool,
     next_seq: u64,
-    /// The last pulse sent, to time its answer.
-    in_flight: Option<(u64, Instant)>,
 }
 
 impl<L> Peer<L> {
@@ -96,12 +94,12 @@ impl<L> Peer<L> {
 /// ```
 /// use std::time::{Duration, Instant};
 /// use pulsewire::core::{Eviction, OnlineList};
-/// use pulsewire::protocol::ClientId;
+/// use pulsewire::protocol::{ClientId, SessionId};
 ///
 /// let t0 = Instant::now();
-/// let mut list = OnlineList::new(1, 0xabc);
+/// let mut list = OnlineList::new(1);
 /// let id = ClientId::new("desk-1").unwrap();
-/// list.join(1, id, "127.0.0.1:5000".parse().unwrap(), "link", t0);
+/// list.join(1, id, "127.0.0.1:5000".parse().unwrap(), "link", SessionId::new("s1").unwrap(), t0);
 ///
 /// let mut pulses = Vec::new();
 /// let tick = Duration::from_secs(1);
@@ -119,8 +117,6 @@ pub struct OnlineList<L> {
     peers: HashMap<ConnKey, Box<Peer<L>>>,
     by_id: HashMap<ClientId, ConnKey>,
     max_missed: u32,
-    session_prefix: u32,
-    sessions: u64,
 }
 
 impl<L> std::fmt::Debug for OnlineList<L> {
@@ -139,20 +135,23 @@ pub struct Joined<L> {
 }
 
 impl<L> OnlineList<L> {
-    /// An empty list evicting past `max_missed` misses; session ids start with `session_prefix`
-    /// (a random number per server, so that sessions of two server runs differ).
-    pub fn new(max_missed: u32, session_prefix: u32) -> OnlineList<L> {
-        OnlineList { peers: HashMap::new(), by_id: HashMap::new(), max_missed, session_prefix, sessions: 0 }
+    /// An empty list evicting past `max_missed` misses.
+    pub fn new(max_missed: u32) -> OnlineList<L> {
+        OnlineList { peers: HashMap::new(), by_id: HashMap::new(), max_missed }
     }
 
-    /// Adds a peer that completed the handshake; an online peer with the same id is removed and
-    /// handed back in [`Joined::replaced`].
-    pub fn join(&mut self, key: ConnKey, id: ClientId, addr: SocketAddr, link: L, now: Instant) -> Joined<L> {
+    /// Adds a peer that completed the handshake, in `session`; an online peer with the same id
+    /// is removed and handed back in [`Joined::replaced`].
+    pub fn join(
+        &mut self,
+        key: ConnKey,
+        id: ClientId,
+        addr: SocketAddr,
+        link: L,
+        session: SessionId,
+        now: Instant,
+    ) -> Joined<L> {
         let replaced = self.by_id.get(&id).copied().and_then(|old| self.leave(old));
-        self.sessions += 1;
-        // Hex digits only: always a valid session id.
-        let session = SessionId::new(format!("{:08x}{:x}", self.session_prefix, self.sessions))
-            .unwrap_or_else(|| unreachable!("hex digits form a valid session id"));
         let info = PeerInfo {
             id: id.clone(),
             addr,
@@ -163,40 +162,16 @@ impl<L> OnlineList<L> {
             misses: 0,
         };
         self.by_id.insert(id, key);
-        self.peers.insert(key, Box::new(Peer { info, link, seen_since_tick: true, next_seq: 1, in_flight: None }));
+        self.peers.insert(key, Box::new(Peer { info, link, seen_since_tick: true, next_seq: 1 }));
         Joined { session, replaced }
     }
 
     /// Applies what `observe` reports for every peer: a frame heard after the last one the list
-    /// knows counts as [`OnlineList::seen`], a round trip replaces the last one.
+    /// knows counts as seen at the next tick, a round trip replaces the last one.
     pub fn observe(&mut self, mut observe: impl FnMut(&L) -> Observation) {
         for peer in self.peers.values_mut() {
             peer.apply(observe(&peer.link));
         }
-    }
-
-    /// A frame arrived from the peer. Returns false for a key that is not online.
-    pub fn seen(&mut self, key: ConnKey, now: Instant) -> bool {
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return false;
-        };
-        peer.seen_since_tick = true;
-        peer.info.last_seen = now;
-        true
-    }
-
-    /// The peer answered pulse `seq`; returns the round trip when it answers the last pulse sent.
-    pub fn alive(&mut self, key: ConnKey, seq: u64, now: Instant) -> Option<Duration> {
-        self.seen(key, now);
-        let peer = self.peers.get_mut(&key)?;
-        let (sent_seq, sent_at) = peer.in_flight?;
-        if sent_seq != seq {
-            return None;
-        }
-        peer.in_flight = None;
-        let rtt = now.saturating_duration_since(sent_at);
-        peer.info.last_rtt = Some(rtt);
-        Some(rtt)
     }
 
     /// Removes a peer (it left, failed, or the caller drops it).
@@ -211,6 +186,9 @@ impl<L> OnlineList<L> {
     /// One pulse tick at `now`: applies the miss rule, then calls `pulse(link, seq)` for every
     /// peer still online. A peer for which `pulse` returns false is evicted as
     /// [`Eviction::Stalled`]. Returns the evicted peers.
+    ///
+    /// The rule counts ticks, not time, so `now` decides nothing: the caller times its pulses
+    /// (the server's peer records when each one went out and measures its answer).
     pub fn tick(&mut self, now: Instant, pulse: impl FnMut(&L, u64) -> bool) -> Vec<(Departed<L>, Eviction)> {
         self.tick_observed(now, |_| Observation::default(), pulse)
     }
@@ -221,12 +199,13 @@ impl<L> OnlineList<L> {
     /// ```
     /// use std::time::{Duration, Instant};
     /// use pulsewire::core::{Observation, OnlineList};
-    /// use pulsewire::protocol::ClientId;
+    /// use pulsewire::protocol::{ClientId, SessionId};
     ///
     /// let t0 = Instant::now();
     /// let s = Duration::from_secs(1);
-    /// let mut list = OnlineList::new(1, 0);
-    /// list.join(1, ClientId::new("desk-1").unwrap(), "127.0.0.1:5000".parse().unwrap(), (), t0);
+    /// let mut list = OnlineList::new(1);
+    /// let session = SessionId::new("s1").unwrap();
+    /// list.join(1, ClientId::new("desk-1").unwrap(), "127.0.0.1:5000".parse().unwrap(), (), session, t0);
     /// // The connection heard from its peer at t0 + 1.5 s, 2.5 s, …: never a miss.
     /// for n in 1..10u32 {
     ///     let heard = Observation { last_heard: Some(t0 + s * n - s / 2), rtt: None };
@@ -236,7 +215,7 @@ impl<L> OnlineList<L> {
     /// ```
     pub fn tick_observed(
         &mut self,
-        now: Instant,
+        _now: Instant,
         mut observe: impl FnMut(&L) -> Observation,
         mut pulse: impl FnMut(&L, u64) -> bool,
     ) -> Vec<(Departed<L>, Eviction)> {
@@ -255,16 +234,24 @@ impl<L> OnlineList<L> {
             }
             let seq = peer.next_seq;
             peer.next_seq += 1;
-            if pulse(&peer.link, seq) {
-                peer.in_flight = Some((seq, now));
-            } else {
+            if !pulse(&peer.link, seq) {
                 evicted.push((key, Eviction::Stalled));
             }
         }
         evicted.into_iter().filter_map(|(key, why)| self.leave(key).map(|gone| (gone, why))).collect()
     }
 
-    /// The link of the online peer named `id`.
+    /// The connection of the online peer named `id`.
+    pub fn key(&self, id: &ClientId) -> Option<ConnKey> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The link of the connection `key`, if it is online.
+    pub fn link_of(&self, key: ConnKey) -> Option<&L> {
+        self.peers.get(&key).map(|peer| &peer.link)
+    }
+
+    /// The link of the online peer with this id.
     pub fn link(&self, id: &ClientId) -> Option<&L> {
         self.by_id.get(id).and_then(|key| self.peers.get(key)).map(|peer| &peer.link)
     }
@@ -313,13 +300,26 @@ mod tests {
         ClientId::new(name).unwrap()
     }
 
+    fn session(key: ConnKey) -> SessionId {
+        SessionId::new(format!("s{key}")).unwrap()
+    }
+
     fn addr() -> SocketAddr {
         "127.0.0.1:9".parse().unwrap()
     }
 
-    /// Ticks every interval from `t0` until the peer under key 1 is evicted; returns the time.
-    fn evicted_at(list: &mut OnlineList<()>, t0: Instant, max_ticks: u32) -> Option<Instant> {
-        (1..=max_ticks).map(|n| t0 + I * n).find(|&now| !list.tick(now, |_, _| true).is_empty())
+    /// What the server's peer reports when its last frame arrived at `at`: the same observation
+    /// at every tick, as from a peer that fell silent then.
+    fn heard(at: Instant) -> impl Fn(&()) -> Observation {
+        move |_| Observation { last_heard: Some(at), rtt: None }
+    }
+
+    /// Ticks every interval from `t0`, observing a last frame at `last_frame`, until the peer
+    /// under key 1 is evicted; returns the time.
+    fn evicted_at(list: &mut OnlineList<()>, t0: Instant, last_frame: Instant, max_ticks: u32) -> Option<Instant> {
+        (1..=max_ticks)
+            .map(|n| t0 + I * n)
+            .find(|&now| !list.tick_observed(now, heard(last_frame), |_, _| true).is_empty())
     }
 
     #[test]
@@ -327,11 +327,10 @@ mod tests {
         for max_missed in 1..=5u32 {
             for offset_ms in [1u64, 50, 99] {
                 let t0 = Instant::now();
-                let mut list = OnlineList::new(max_missed, 0);
-                list.join(1, id("a"), addr(), (), t0);
+                let mut list = OnlineList::new(max_missed);
+                list.join(1, id("a"), addr(), (), session(1), t0);
                 let last_frame = t0 + Duration::from_millis(offset_ms);
-                list.seen(1, last_frame);
-                let gone = evicted_at(&mut list, t0, 100).unwrap();
+                let gone = evicted_at(&mut list, t0, last_frame, 100).unwrap();
                 let silent = gone - last_frame;
                 assert!(
                     silent > I * (max_missed + 1) && silent <= I * (max_missed + 2),
@@ -344,29 +343,23 @@ mod tests {
     #[test]
     fn answering_peer_is_never_evicted_and_misses_stay_zero() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(1, 0);
-        list.join(1, id("a"), addr(), (), t0);
+        let mut list = OnlineList::new(1);
+        list.join(1, id("a"), addr(), (), session(1), t0);
+        let rtt = Duration::from_millis(3);
+        // Each pulse is answered 3 ms after it went out; the next tick observes the answer.
+        let answered = |n: u32| move |_: &()| Observation { last_heard: Some(t0 + I * n + rtt), rtt: Some(rtt) };
         for n in 1..=1000u32 {
-            let now = t0 + I * n;
-            let mut sent = None;
-            assert!(list
-                .tick(now, |_, seq| {
-                    sent = Some(seq);
-                    true
-                })
-                .is_empty());
+            assert!(list.tick_observed(t0 + I * n, answered(n - 1), |_, _| true).is_empty());
             assert_eq!(list.peer(1).unwrap().misses, 0);
-            let rtt = list.alive(1, sent.unwrap(), now + Duration::from_millis(3));
-            assert_eq!(rtt, Some(Duration::from_millis(3)));
         }
-        assert_eq!(list.snapshot()[0].last_rtt, Some(Duration::from_millis(3)));
+        assert_eq!(list.snapshot()[0].last_rtt, Some(rtt));
     }
 
     #[test]
     fn observed_frames_count_as_seen_and_only_newer_ones() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(1, 0);
-        list.join(1, id("a"), addr(), (), t0);
+        let mut list = OnlineList::new(1);
+        list.join(1, id("a"), addr(), (), session(1), t0);
         let heard = |at| move |_: &()| Observation { last_heard: Some(at), rtt: Some(Duration::from_millis(2)) };
         // Heard after each tick: never evicted.
         for n in 1..=5u32 {
@@ -384,32 +377,36 @@ mod tests {
     #[test]
     fn observe_updates_the_snapshot() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(1, 0);
-        list.join(1, id("a"), addr(), (), t0);
+        let mut list = OnlineList::new(1);
+        list.join(1, id("a"), addr(), (), session(1), t0);
         list.observe(|_| Observation { last_heard: Some(t0 + I), rtt: Some(I / 10) });
         let peer = &list.snapshot()[0];
         assert_eq!((peer.last_seen, peer.last_rtt), (t0 + I, Some(I / 10)));
     }
 
     #[test]
-    fn stale_answer_gives_no_rtt_but_counts_as_seen() {
+    fn a_frame_without_a_round_trip_counts_as_seen_and_keeps_the_last_round_trip() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(1, 0);
-        list.join(1, id("a"), addr(), (), t0);
+        let mut list = OnlineList::new(1);
+        list.join(1, id("a"), addr(), (), session(1), t0);
+        list.observe(|_| Observation { last_heard: Some(t0 + I / 2), rtt: Some(I / 10) });
         list.tick(t0 + I, |_, _| true);
         list.tick(t0 + I * 2, |_, _| true);
-        assert_eq!(list.alive(1, 1, t0 + I * 2), None);
-        list.tick(t0 + I * 3, |_, _| true);
-        assert_eq!(list.peer(1).unwrap().misses, 0);
+        assert_eq!(list.peer(1).unwrap().misses, 1);
+        // A frame that answers no pulse (data, or an answer to an older pulse): no round trip.
+        let frame = Observation { last_heard: Some(t0 + I * 2 + I / 2), rtt: None };
+        assert!(list.tick_observed(t0 + I * 3, |_| frame, |_, _| true).is_empty());
+        let peer = list.peer(1).unwrap();
+        assert_eq!((peer.misses, peer.last_seen, peer.last_rtt), (0, frame.last_heard.unwrap(), Some(I / 10)));
     }
 
     #[test]
     fn pulse_numbers_increase_per_peer() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(10, 0);
-        list.join(1, id("a"), addr(), 1u8, t0);
+        let mut list = OnlineList::new(10);
+        list.join(1, id("a"), addr(), 1u8, session(1), t0);
         list.tick(t0 + I, |_, _| true);
-        list.join(2, id("b"), addr(), 2u8, t0 + I);
+        list.join(2, id("b"), addr(), 2u8, session(2), t0 + I);
         let mut seen = Vec::new();
         list.tick(t0 + I * 2, |link, seq| {
             seen.push((*link, seq));
@@ -422,9 +419,9 @@ mod tests {
     #[test]
     fn peer_whose_queue_is_full_is_evicted_as_stalled() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(3, 0);
-        list.join(1, id("slow"), addr(), false, t0);
-        list.join(2, id("fast"), addr(), true, t0);
+        let mut list = OnlineList::new(3);
+        list.join(1, id("slow"), addr(), false, session(1), t0);
+        list.join(2, id("fast"), addr(), true, session(2), t0);
         let evicted = list.tick(t0 + I, |accepts, _| *accepts);
         assert_eq!(evicted.len(), 1);
         assert_eq!(evicted[0].0.info.id, id("slow"));
@@ -435,9 +432,9 @@ mod tests {
     #[test]
     fn duplicate_id_replaces_the_old_connection() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(3, 0);
-        let first = list.join(1, id("desk"), addr(), "old", t0);
-        let second = list.join(2, id("desk"), addr(), "new", t0);
+        let mut list = OnlineList::new(3);
+        let first = list.join(1, id("desk"), addr(), "old", session(1), t0);
+        let second = list.join(2, id("desk"), addr(), "new", session(2), t0);
         let replaced = second.replaced.unwrap();
         assert_eq!((replaced.key, replaced.link), (1, "old"));
         assert_ne!(first.session, second.session);
@@ -449,21 +446,11 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_unique_and_carry_the_prefix() {
-        let t0 = Instant::now();
-        let mut list = OnlineList::new(3, 0xdead);
-        let a = list.join(1, id("a"), addr(), (), t0).session;
-        let b = list.join(2, id("b"), addr(), (), t0).session;
-        assert_ne!(a, b);
-        assert!(a.as_str().starts_with("0000dead"));
-    }
-
-    #[test]
     fn drain_empties_the_list() {
         let t0 = Instant::now();
-        let mut list = OnlineList::new(3, 0);
-        list.join(1, id("a"), addr(), (), t0);
-        list.join(2, id("b"), addr(), (), t0);
+        let mut list = OnlineList::new(3);
+        list.join(1, id("a"), addr(), (), session(1), t0);
+        list.join(2, id("b"), addr(), (), session(2), t0);
         assert_eq!(list.drain().len(), 2);
         assert!(list.is_empty());
         assert!(list.link(&id("a")).is_none());

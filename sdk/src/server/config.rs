@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::core::{DetachedLimits, SessionLimits, DEFAULT_DETACHED_BYTES, DEFAULT_KEEP};
 use crate::error::{validate_payload, ConfigError};
 use crate::protocol::DEFAULT_MAX_PAYLOAD;
 
@@ -20,6 +21,11 @@ pub struct ServerConfig {
     pub(crate) max_peers: usize,
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) max_handshakes: usize,
+    pub(crate) keep: Duration,
+    pub(crate) session_limits: SessionLimits,
+    /// `None`: twice the max peers.
+    pub(crate) detached_sessions: Option<usize>,
+    pub(crate) detached_bytes: usize,
 }
 
 /// The default of [`ServerConfigBuilder::max_peers`].
@@ -61,6 +67,10 @@ impl ServerConfig {
                 max_peers: DEFAULT_MAX_PEERS,
                 max_connections_per_ip: None,
                 max_handshakes: DEFAULT_MAX_HANDSHAKES,
+                keep: DEFAULT_KEEP,
+                session_limits: SessionLimits::default(),
+                detached_sessions: None,
+                detached_bytes: DEFAULT_DETACHED_BYTES,
             },
         }
     }
@@ -98,6 +108,25 @@ impl ServerConfig {
     /// The most connections that may be in their handshake at once.
     pub fn max_handshakes(&self) -> usize {
         self.max_handshakes
+    }
+
+    /// How long a protocol 2 session is kept after its connection is lost.
+    pub fn keep(&self) -> Duration {
+        self.keep
+    }
+
+    /// The bounds of each session: messages and payload bytes written but not acknowledged,
+    /// or queued while the peer is away.
+    pub fn session_limits(&self) -> SessionLimits {
+        self.session_limits
+    }
+
+    /// The bounds of all detached sessions together.
+    pub fn detached_limits(&self) -> DetachedLimits {
+        DetachedLimits {
+            max_sessions: self.detached_sessions.unwrap_or(self.max_peers.saturating_mul(2)),
+            max_bytes: self.detached_bytes,
+        }
     }
 }
 
@@ -205,6 +234,31 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// How long a protocol 2 session is kept after its connection is lost, waiting for the peer
+    /// to resume it (default 120 s; zero keeps none). Messages sent to the peer meanwhile are
+    /// queued in the session; when the time passes, the session ends and they go back to the
+    /// application in [`ServerEvent::PeerOffline`](crate::ServerEvent::PeerOffline).
+    pub fn keep(mut self, keep: Duration) -> Self {
+        self.config.keep = keep;
+        self
+    }
+
+    /// The bounds of each session (default 256 messages and 256 KiB): written and not yet
+    /// acknowledged, plus queued while detached. Beyond them
+    /// [`Server::send`](crate::Server::send) refuses at once with the payload back.
+    pub fn session_limits(mut self, max_messages: usize, max_bytes: usize) -> Self {
+        self.config.session_limits = SessionLimits { max_messages, max_bytes };
+        self
+    }
+
+    /// The bounds of all detached sessions together (default twice the max peers, and
+    /// 64 MiB): beyond them the detached session nearest its end is ended early.
+    pub fn detached_limits(mut self, max_sessions: usize, max_bytes: usize) -> Self {
+        self.config.detached_sessions = Some(max_sessions);
+        self.config.detached_bytes = max_bytes;
+        self
+    }
+
     /// Validates everything and returns the configuration.
     pub fn build(self) -> Result<ServerConfig, ConfigError> {
         let config = self.config;
@@ -240,6 +294,24 @@ impl ServerConfigBuilder {
             }
         }
         validate_payload(config.max_payload)?;
+        if config.session_limits.max_messages == 0 {
+            return Err(ConfigError::ZeroCount("session messages"));
+        }
+        if config.session_limits.max_bytes == 0 {
+            return Err(ConfigError::ZeroCount("session bytes"));
+        }
+        if config.detached_sessions == Some(0) {
+            return Err(ConfigError::ZeroCount("detached sessions"));
+        }
+        if config.detached_bytes < config.session_limits.max_bytes {
+            return Err(ConfigError::OutOfRange {
+                name: "detached bytes",
+                expected: "at least the bytes of one session",
+            });
+        }
+        if config.keep > Duration::from_secs(86_400) {
+            return Err(ConfigError::OutOfRange { name: "keep", expected: "at most 24 h" });
+        }
         Ok(config)
     }
 }
@@ -261,6 +333,11 @@ mod tests {
             (ServerConfig::builder().max_peers(0).build(), "max peers must be at least 1"),
             (ServerConfig::builder().max_connections_per_ip(0).build(), "max connections per ip must be at least 1"),
             (ServerConfig::builder().max_handshakes(0).build(), "max handshakes must be at least 1"),
+            (ServerConfig::builder().session_limits(0, 1024).build(), "session messages must be at least 1"),
+            (ServerConfig::builder().session_limits(8, 0).build(), "session bytes must be at least 1"),
+            (ServerConfig::builder().detached_limits(0, 1 << 30).build(), "detached sessions must be at least 1"),
+            (ServerConfig::builder().detached_limits(8, 10).build(), "detached bytes must be at least"),
+            (ServerConfig::builder().keep(Duration::from_secs(100_000)).build(), "keep must be at most 24 h"),
         ];
         for (result, expected) in cases {
             let message = result.unwrap_err().to_string();
@@ -277,5 +354,8 @@ mod tests {
         assert_eq!(defaults.max_handshakes(), DEFAULT_MAX_HANDSHAKES);
         let set = ServerConfig::builder().max_peers(1).max_connections_per_ip(1).max_handshakes(1).build().unwrap();
         assert_eq!((set.max_peers(), set.max_connections_per_ip(), set.max_handshakes()), (1, Some(1), 1));
+        assert_eq!(defaults.keep(), Duration::from_secs(120));
+        assert_eq!(defaults.session_limits(), SessionLimits { max_messages: 256, max_bytes: 256 * 1024 });
+        assert_eq!(defaults.detached_limits(), DetachedLimits { max_sessions: 200_000, max_bytes: 64 << 20 });
     }
 }

@@ -10,14 +10,14 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use futures::future::poll_fn;
-use futures::{Future, FutureExt};
+use futures::Future;
 
 use super::admission::{Admitted, Gate, Slot};
 use super::hub::HubMsg;
 use super::peer::{Outgoing, Peer};
 use super::{unless, OfflineReason, ServerConfig, ServerEvent, Tracker, LINGER};
-use crate::error::ProtocolViolation;
-use crate::protocol::{ClientId, DecodeError, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
+use crate::core::{ConnEnd, ServerMachine, ServerMachineConfig, DEFAULT_ACK_DELAY};
+use crate::protocol::{ErrorCode, Frame};
 use crate::rt::{self, Listener, Socket};
 
 /// How long the accept loop pauses after an accept error (say, out of file descriptors), so
@@ -39,8 +39,6 @@ pub(super) struct Context {
     pub(super) config: Arc<ServerConfig>,
     pub(super) hub: async_channel::Sender<HubMsg>,
     pub(super) events: async_channel::Sender<ServerEvent>,
-    /// The server's clock origin, shared by every peer's timestamps.
-    pub(super) epoch: Instant,
     pub(super) stop: async_channel::Receiver<()>,
     pub(super) halt: async_channel::Receiver<()>,
     pub(super) tracker: Tracker,
@@ -99,220 +97,178 @@ pub(super) async fn accept_loop(listener: Listener, ctx: Arc<Context>) {
 
 /// One connection, from its first byte to its close.
 ///
-/// Only the online phase ([`Online`], a plain struct) stays in this future for the connection's
-/// life: the handshake, the join and the close run boxed, so that their timers, buffers and
-/// messages cost memory only while they run.
+/// The connection's [`ServerMachine`] does the protocol; this task moves bytes, sleeps until
+/// the machine's next deadline and hands the `HELLO` to the hub. Until the hub has the
+/// `HELLO`, an abort or a shutdown of the server ends the connection from here; after that, the
+/// hub reaches it through its [`Peer`].
 async fn serve(socket: Socket, addr: SocketAddr, key: u64, slot: &mut Slot, ctx: &Context) {
-    let Some(mut online) = Box::pin(join(socket, addr, key, slot, ctx)).await else {
-        return;
-    };
-    let end = (&mut online).await;
-    Box::pin(close(online.peer, end, addr, key, ctx)).await;
-}
-
-/// The handshake, then the hub's answer; `Some` once the peer is online.
-async fn join<'a>(socket: Socket, addr: SocketAddr, key: u64, slot: &mut Slot, ctx: &'a Context) -> Option<Online<'a>> {
-    let mut decoder = Decoder::new(ctx.config.max_payload);
-    let id = match unless(&ctx.halt, handshake(&socket, addr, &mut decoder, ctx)).await {
-        Some(Some(id)) => id,
-        Some(None) => return None,
-        None => {
-            socket.shutdown();
-            return None;
-        }
-    };
-    // The peer spoke: its handshake no longer counts as in flight (before anything can answer
-    // it, so that a client that got its `WELCOME` is never counted).
-    slot.settle();
-    let peer = Arc::new(Peer::new(socket, ctx.epoch));
-    // The hub answers on the peer itself, with no reply to wait for: `WELCOME` (the online
-    // phase then answers what the peer sends), or `ERROR full` and a close (the online phase
-    // then ends as for any peer the hub took out).
-    let join = HubMsg::Join { key, id: id.clone(), addr, peer: peer.clone() };
-    if ctx.hub.send(join).await.is_err() {
-        peer.socket().shutdown(); // The server is stopping.
-        return None;
-    }
-    Some(Online { peer, decoder, ctx, id, write_timer: None })
-}
-
-/// Ends a connection after its online phase.
-async fn close(peer: Arc<Peer>, end: End, addr: SocketAddr, key: u64, ctx: &Context) {
-    let reason = match end {
-        End::Cut => return peer.socket().shutdown(),
-        // The hub took the peer out and everything it queued is written.
-        End::Closed => return finish(&peer, ctx).await,
-        End::Failed(reason) => {
-            let _ = ctx.hub.send(HubMsg::Leave { key, reason }).await;
-            return peer.socket().shutdown();
-        }
-        End::Left(reason) => reason,
-        End::Violation(violation) => {
-            tracing::warn!(%addr, %violation, "protocol error");
-            peer.close_with(Frame::error(violation.code(), violation.to_string()));
-            OfflineReason::Protocol(violation)
-        }
-    };
-    // The peer said goodbye, or gets our `ERROR`: it may still be sending, so read on while it
-    // gets our last frame, then close.
-    peer.close();
-    let _ = ctx.hub.send(HubMsg::Leave { key, reason }).await;
-    finish(&peer, ctx).await;
-}
-
-/// Reads the peer's `HELLO`; `None` once the connection was refused or closed.
-async fn handshake(socket: &Socket, addr: SocketAddr, decoder: &mut Decoder, ctx: &Context) -> Option<ClientId> {
     let config = &ctx.config;
-    let mut reading = std::pin::pin!(first_frame(socket, decoder));
-    // In a reconnect storm the `HELLO` is usually in the socket before the connection is
-    // accepted: it is read at once, with no timer set and cancelled for it (each one a
-    // wake-up of the reactor).
-    let first = match (&mut reading).now_or_never() {
-        Some(_) if ctx.stop.is_closed() => None,
-        Some(frame) => Some(Ok(frame)),
-        None => unless(&ctx.stop, rt::timeout(config.handshake_timeout, reading)).await,
+    let machine_config = ServerMachineConfig {
+        max_payload: config.max_payload,
+        handshake_timeout: config.handshake_timeout,
+        ack_delay: DEFAULT_ACK_DELAY,
     };
-    let hello = match first {
-        None => {
-            reject(socket, addr, Frame::error(ErrorCode::Shutdown, "the server is shutting down")).await;
-            return None;
+    let machine = ServerMachine::new(Instant::now(), machine_config);
+    let peer = Arc::new(Peer::new(socket, key, machine, ctx.events.clone()));
+    let mut conn = Conn { peer, ctx, addr, timer: None, write_timer: None, joined: false };
+    let first = Box::pin(async {
+        let handshake = poll_fn(|cx| conn.poll_conn(cx, Some(&mut *slot)));
+        unless(&ctx.halt, unless(&ctx.stop, handshake)).await
+    })
+    .await;
+    let end = match first {
+        // Aborted: cut without a word.
+        None => return conn.peer.socket().shutdown(),
+        Some(None) => {
+            let error = Frame::error(ErrorCode::Shutdown, "the server is shutting down");
+            return Box::pin(reject(conn.peer.socket(), addr, error)).await;
         }
-        Some(Err(rt::Elapsed)) => {
-            let text = format!("no HELLO within {} ms", config.handshake_timeout.as_millis());
-            reject(socket, addr, Frame::error(ErrorCode::Timeout, text)).await;
-            return None;
-        }
-        Some(Ok(Err(Closed::Decode(error)))) => {
-            reject(socket, addr, Frame::error(error.code(), error.to_string())).await;
-            return None;
-        }
-        Some(Ok(Err(Closed::Quietly))) => {
-            tracing::debug!(%addr, "connection closed before HELLO");
-            socket.shutdown();
-            return None;
-        }
-        Some(Ok(Ok(frame))) => frame,
+        Some(Some(Handshake::Ended(end))) => end,
+        Some(Some(Handshake::Joined)) => (&mut conn).await,
     };
-    match hello {
-        Frame::Hello { version, .. } if version != PROTOCOL_VERSION => {
-            let text = format!("this server speaks version {PROTOCOL_VERSION}, not {version}");
-            reject(socket, addr, Frame::error(ErrorCode::Version, text)).await;
-            None
+    Box::pin(close(&conn.peer, end, addr, key, conn.joined, ctx)).await;
+}
+
+/// How the handshake phase of a connection ended.
+enum Handshake {
+    /// The hub has the `HELLO`.
+    Joined,
+    /// The connection ended before that.
+    Ended(End),
+}
+
+/// Ends a connection.
+async fn close(peer: &Peer, end: End, addr: SocketAddr, key: u64, joined: bool, ctx: &Context) {
+    let leave = |reason| async move {
+        if joined {
+            let _ = ctx.hub.send(HubMsg::Leave { key, reason }).await;
         }
-        Frame::Hello { client_id, .. } => Some(client_id),
-        other => {
-            let text = format!("expected HELLO, got {}", other.verb());
-            reject(socket, addr, Frame::error(ErrorCode::Unexpected, text)).await;
-            None
+    };
+    match end {
+        End::Cut => peer.socket().shutdown(),
+        End::Failed(reason) => {
+            leave(reason).await;
+            peer.socket().shutdown();
+        }
+        // The machine wrote its last frame: the hub took the peer out (evicted, replaced,
+        // refused, shutdown), or the peer said goodbye or broke the protocol and gets our
+        // `ERROR`. It may still be sending: read on while it gets our last frame, then close.
+        End::Ended(reason) => {
+            match reason {
+                ConnEnd::Goodbye { reason } => leave(OfflineReason::Goodbye { reason }).await,
+                ConnEnd::PeerError { code, text } => leave(OfflineReason::PeerError { code, text }).await,
+                ConnEnd::Violation(violation) => {
+                    tracing::warn!(%addr, %violation, "protocol error");
+                    leave(OfflineReason::Protocol(violation)).await;
+                }
+                ConnEnd::HandshakeTimeout => tracing::warn!(%addr, "connection refused: no HELLO in time"),
+                ConnEnd::Lost => leave(OfflineReason::Eof).await,
+                ConnEnd::ClosedByServer => {}
+            }
+            finish(peer, ctx).await;
         }
     }
 }
 
-/// How the online phase of a connection ended.
+/// How the life of a connection ended.
 enum End {
     /// The server was aborted.
     Cut,
-    /// The hub took the peer out (evicted, replaced, shutdown, refused) and all it queued is
-    /// written.
-    Closed,
     /// The socket failed or reached end-of-file: nothing more can be said to the peer.
     Failed(OfflineReason),
-    /// The peer said goodbye (`BYE`, `ERROR`).
-    Left(OfflineReason),
-    /// The peer broke the protocol.
-    Violation(ProtocolViolation),
+    /// The machine ended the connection, and all it wrote is written.
+    Ended(ConnEnd),
 }
 
-/// The online phase: reads and answers frames, writes what the socket did not take at once.
-/// Everything a connection holds while it is online, and nothing more.
-struct Online<'a> {
+/// A connection's task: everything it holds for the connection's life, and nothing more.
+struct Conn<'a> {
     peer: Arc<Peer>,
-    decoder: Decoder,
     ctx: &'a Context,
-    id: ClientId,
+    addr: SocketAddr,
+    /// Armed only while the machine has a deadline (the handshake, a delayed `ACK`).
+    timer: Option<Pin<Box<rt::Timer>>>,
     /// Armed only while a write waits for the socket.
     write_timer: Option<Pin<Box<rt::Timer>>>,
+    /// The hub has the `HELLO`.
+    joined: bool,
 }
 
-impl Future for Online<'_> {
+impl Future for Conn<'_> {
     type Output = End;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<End> {
-        self.as_mut().get_mut().poll_online(cx)
+        match self.as_mut().get_mut().poll_conn(cx, None) {
+            Poll::Ready(Handshake::Ended(end)) => Poll::Ready(end),
+            Poll::Ready(Handshake::Joined) => unreachable!("joins only while a slot is given"),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
-impl Online<'_> {
-    fn poll_online(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
-        match self.peer.poll_outgoing(cx) {
-            Poll::Ready(Ok(Outgoing::Cut)) => return Poll::Ready(End::Cut),
-            Poll::Ready(Ok(Outgoing::Closed)) => return Poll::Ready(End::Closed),
-            Poll::Ready(Ok(Outgoing::Idle)) => self.write_timer = None,
-            Poll::Ready(Err(error)) => return Poll::Ready(End::Failed(OfflineReason::from_io(&error))),
-            Poll::Pending => {
-                // Most writes complete at once; only one that has to wait arms the write
-                // timeout, so a pulse round costs no timer per peer.
-                let limit = self.ctx.config.write_timeout;
-                let timer = self.write_timer.get_or_insert_with(|| Box::pin(rt::Timer::at(Instant::now() + limit)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(End::Failed(OfflineReason::WriteTimeout));
+impl Conn<'_> {
+    /// Serves the connection. With `slot` (the handshake phase), returns `Joined` once the
+    /// hub has the `HELLO`; without, runs until the connection ends.
+    fn poll_conn(&mut self, cx: &mut std::task::Context<'_>, mut slot: Option<&mut Slot>) -> Poll<Handshake> {
+        let peer = self.peer.clone();
+        for _ in 0..READS_PER_POLL {
+            match peer.poll_outgoing(cx) {
+                Poll::Ready(Ok(Outgoing::Cut)) => return Poll::Ready(Handshake::Ended(End::Cut)),
+                Poll::Ready(Ok(Outgoing::Ended(end))) => return Poll::Ready(Handshake::Ended(End::Ended(end))),
+                Poll::Ready(Ok(Outgoing::Idle)) => self.write_timer = None,
+                Poll::Ready(Err(error)) => return self.lost(OfflineReason::from_io(&error)),
+                Poll::Pending => {
+                    // Most writes complete at once; only one that has to wait arms the write
+                    // timeout, so a pulse round costs no timer per peer.
+                    let limit = self.ctx.config.write_timeout;
+                    let timer = self.write_timer.get_or_insert_with(|| Box::pin(rt::Timer::at(Instant::now() + limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return self.lost(OfflineReason::WriteTimeout);
+                    }
                 }
             }
-        }
-        if self.peer.pending() > READ_PAUSE {
-            return Poll::Pending; // The socket's writability wakes us.
-        }
-        // Whether the last read took less than it could: the socket had nothing more then.
-        let mut emptied = false;
-        for _ in 0..READS_PER_POLL {
-            if self.decoder.buffered() > 0 && !self.peer.may_speak() {
-                // The peer spoke before its `WELCOME` went out: its frames wait for it.
+            if let Some(hello) = peer.take_hello() {
+                // The peer spoke: its handshake no longer counts as in flight (before anything
+                // can answer it, so that a client that got its `WELCOME` is never counted).
+                if let Some(slot) = slot.as_deref_mut() {
+                    slot.settle();
+                }
+                let join = HubMsg::Join { hello, addr: self.addr, peer: peer.clone() };
+                if self.ctx.hub.try_send(join).is_err() {
+                    // The server is stopping.
+                    peer.step(|machine| machine.close_with(Frame::bye("shutdown")));
+                    continue;
+                }
+                self.joined = true;
+                if slot.is_some() {
+                    return Poll::Ready(Handshake::Joined);
+                }
+            }
+            if !self.poll_timer(cx) {
+                continue;
+            }
+            if peer.pending() > READ_PAUSE || !peer.wants_input() {
+                // The socket's writability, or the hub's answer to the `HELLO`, wakes us.
                 return Poll::Pending;
             }
-            loop {
-                match self.decoder.next_frame() {
-                    Ok(Some(frame)) => {
-                        if let Some(end) = self.handle(frame) {
-                            return Poll::Ready(end);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(error) => return Poll::Ready(End::Violation(ProtocolViolation::Decode(error))),
-                }
-            }
-            let socket = self.peer.socket();
-            if emptied {
-                // Wait for more without a read that would only say "nothing yet": the first
-                // answer may be the readiness the last read consumed, the second registers
-                // with the reactor, which reports at once whatever arrived in between.
-                for _ in 0..2 {
-                    match socket.poll_readable(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(error)) => return Poll::Ready(End::Failed(OfflineReason::from_io(&error))),
-                        Poll::Ready(Ok(())) => {}
-                    }
-                }
-            }
-            let read = if self.decoder.buffered() > 0 {
-                // The rest of a frame: straight into the decoder's buffer.
-                let region = self.decoder.read_buf();
-                let room = region.len();
-                socket.poll_read(cx, region).map_ok(|n| {
-                    self.decoder.filled(n);
-                    (n, room)
-                })
+            let now = Instant::now();
+            let read = if peer.buffered() > 0 {
+                // The rest of a frame: straight into the machine's buffer.
+                peer.poll_read_into_machine(cx, now)
             } else {
                 let mut chunk = [0u8; READ_CHUNK];
-                socket.poll_read(cx, &mut chunk).map_ok(|n| {
-                    self.decoder.extend(&chunk[..n]);
-                    (n, READ_CHUNK)
-                })
+                match peer.socket().poll_read(cx, &mut chunk) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        peer.step(|machine| machine.handle_input(&chunk[..n], now));
+                        Poll::Ready(Ok(n))
+                    }
+                    other => other,
+                }
             };
             match read {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok((0, _))) => return Poll::Ready(End::Failed(OfflineReason::Eof)),
-                Poll::Ready(Ok((n, room))) => emptied = n < room,
-                Poll::Ready(Err(error)) => return Poll::Ready(End::Failed(OfflineReason::from_io(&error))),
+                Poll::Ready(Ok(0)) => return self.lost(OfflineReason::Eof),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return self.lost(OfflineReason::from_io(&error)),
             }
         }
         // A peer that keeps sending yields to the others now and then.
@@ -320,49 +276,26 @@ impl Online<'_> {
         Poll::Pending
     }
 
-    /// Handles one frame from the peer; `Some` ends the online phase.
-    fn handle(&mut self, frame: Frame) -> Option<End> {
-        let now = Instant::now();
-        match frame {
-            Frame::Pulse { seq } => {
-                self.peer.heard(now);
-                // Messages are handed to the application as they are read, so everything the
-                // peer sent before this pulse has been: the `ALIVE` confirms it. A peer the hub
-                // no longer lists gets no confirmation (its close is under way).
-                let _ = self.peer.send(Frame::Alive { seq }, usize::MAX);
-            }
-            Frame::Alive { seq } => self.peer.answered(seq, now),
-            Frame::Data(payload) => {
-                self.peer.heard(now);
-                let events = &self.ctx.events;
-                self.peer.unless_closed(|| {
-                    let _ = events.try_send(ServerEvent::Message { peer: self.id.clone(), payload });
-                });
-            }
-            Frame::Bye { reason } => return Some(End::Left(OfflineReason::Goodbye { reason })),
-            Frame::Error { code, text } => return Some(End::Left(OfflineReason::PeerError { code, text })),
-            other @ (Frame::Hello { .. } | Frame::Welcome { .. }) => {
-                return Some(End::Violation(ProtocolViolation::Unexpected { verb: other.verb() }));
-            }
+    /// Keeps the timer on the machine's next deadline; false when it fired and the machine
+    /// acted on it (the caller looks again).
+    fn poll_timer(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let Some(deadline) = self.peer.step(|machine| machine.poll_timeout()) else {
+            self.timer = None;
+            return true;
+        };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(rt::Timer::at(deadline)));
+        timer.as_mut().get_mut().reset(deadline);
+        if timer.as_mut().poll(cx).is_pending() {
+            return true;
         }
-        None
+        self.timer = None;
+        self.peer.step(|machine| machine.handle_timeout(Instant::now()));
+        false
     }
-}
 
-enum Closed {
-    Decode(DecodeError),
-    Quietly,
-}
-
-async fn first_frame(socket: &Socket, decoder: &mut Decoder) -> Result<Frame, Closed> {
-    loop {
-        if let Some(frame) = decoder.next_frame().map_err(Closed::Decode)? {
-            return Ok(frame);
-        }
-        match socket.read(decoder.read_buf()).await {
-            Ok(0) | Err(_) => return Err(Closed::Quietly),
-            Ok(n) => decoder.filled(n),
-        }
+    fn lost(&mut self, reason: OfflineReason) -> Poll<Handshake> {
+        self.peer.step(|machine| machine.connection_lost(Instant::now()));
+        Poll::Ready(Handshake::Ended(End::Failed(reason)))
     }
 }
 
@@ -381,7 +314,7 @@ async fn reject(socket: &Socket, addr: SocketAddr, error: Frame) {
 async fn finish(peer: &Peer, ctx: &Context) {
     let lingering = async {
         let flushed = rt::timeout(LINGER, poll_fn(|cx| peer.poll_outgoing(cx))).await;
-        if let Ok(Ok(Outgoing::Closed | Outgoing::Idle)) = flushed {
+        if let Ok(Ok(Outgoing::Ended(_) | Outgoing::Idle)) = flushed {
             peer.socket().shutdown_write();
             drain(peer.socket()).await;
         }

@@ -1,8 +1,9 @@
-//! The hub: the one owner of the online list, and the one pulse loop. Connection tasks tell it
-//! who joins and who leaves; what they hear in between they record on the shared [`Peer`], which
-//! the hub reads once per tick. It never waits on a peer: a pulse is one non-blocking write, and
-//! a peer whose socket has not taken its last frames is dropped as stalled, so a slow peer
-//! cannot delay the others.
+//! The hub task: the one owner of the online list and the detached sessions, and the one pulse
+//! loop. A thin shell around [`HubCore`], which takes every decision: connection tasks tell the
+//! hub who joins and who leaves, the application asks it to send, and the hub sleeps until the
+//! core's next deadline. It never waits on a peer: a pulse is one non-blocking write, and a peer
+//! whose socket has not taken its last frames is dropped as stalled, so a slow peer cannot
+//! delay the others.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::{pin_mut, select_biased, FutureExt};
 
-use super::peer::{Peer, Refused};
+use super::peer::{Hello, Peer};
 use super::{OfflineReason, ServerConfig, ServerEvent, ServerSendError};
-use crate::core::{Cadence, ConnKey, Departed, Eviction, OnlineList, PeerInfo};
-use crate::protocol::{ClientId, ErrorCode, Frame};
+use crate::core::{ConnKey, HubConfig, HubCore, Join, KeptSession, PeerInfo};
+use crate::protocol::ClientId;
 use crate::rt;
 
 /// The hub's handle on a peer.
@@ -25,11 +26,10 @@ pub(super) type Link = Arc<Peer>;
 const BATCH: usize = 256;
 
 pub(super) enum HubMsg {
-    /// A peer completed its handshake. The hub answers it on the peer itself: `WELCOME`, or
-    /// `ERROR full` and a close when the server is full.
+    /// A peer sent its `HELLO`. The hub answers it on the peer itself: `WELCOME`, or `ERROR`
+    /// and a close.
     Join {
-        key: ConnKey,
-        id: ClientId,
+        hello: Hello,
         addr: SocketAddr,
         peer: Link,
     },
@@ -40,21 +40,34 @@ pub(super) enum HubMsg {
     Online {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
+    Detached {
+        reply: oneshot::Sender<Vec<KeptSession>>,
+    },
     SendTo {
         peer: ClientId,
         payload: Bytes,
-        reply: oneshot::Sender<Result<(), ServerSendError>>,
+        reply: oneshot::Sender<Result<u64, ServerSendError>>,
     },
     Broadcast {
         payload: Bytes,
         reply: oneshot::Sender<usize>,
     },
+    /// Fault injection: every connection is cut as if the network failed; sessions are kept.
+    DropConnections {
+        reply: oneshot::Sender<usize>,
+    },
 }
 
-struct Hub {
-    list: OnlineList<Link>,
-    config: Arc<ServerConfig>,
-    events: async_channel::Sender<ServerEvent>,
+pub(super) fn hub_config(config: &ServerConfig) -> HubConfig {
+    HubConfig {
+        interval: config.interval,
+        max_missed: config.max_missed,
+        max_peers: config.max_peers,
+        keep: config.keep,
+        outbound_queue: config.outbound_queue,
+        session_limits: config.session_limits,
+        detached_limits: config.detached_limits(),
+    }
 }
 
 pub(super) async fn run(
@@ -64,9 +77,8 @@ pub(super) async fn run(
     stop: async_channel::Receiver<()>,
     halt: async_channel::Receiver<()>,
 ) {
-    let mut cadence = Cadence::new(Instant::now(), config.interval);
-    let mut timer = rt::Timer::at(cadence.next_deadline());
-    let mut hub = Hub { list: OnlineList::new(config.max_missed, fastrand::u32(..)), config, events };
+    let mut core: HubCore<Link> = HubCore::new(hub_config(&config), Instant::now(), fastrand::u32(..));
+    let mut timer = rt::Timer::at(core.poll_timeout());
     let stopped = stop.recv().fuse();
     let halted = halt.recv().fuse();
     pin_mut!(stopped, halted);
@@ -75,150 +87,87 @@ pub(super) async fn run(
             // Aborted: the peers are cut without a word, as if the process had died.
             _ = halted => break true,
             _ = stopped => break false,
-            () = (&mut timer).fuse() => {
-                let now = Instant::now();
-                if cadence.poll(now) {
-                    hub.tick(now);
-                }
-                timer.reset(cadence.next_deadline());
-            }
+            () = (&mut timer).fuse() => core.handle_timeout(Instant::now()),
             msg = rx.recv().fuse() => {
                 let Ok(msg) = msg else { break false };
-                hub.handle(msg);
+                handle(&mut core, msg);
                 for _ in 1..BATCH {
                     let Ok(msg) = rx.try_recv() else { break };
-                    hub.handle(msg);
+                    handle(&mut core, msg);
                 }
             }
         }
+        emit(&mut core, &events);
+        timer.reset(core.poll_timeout());
     };
     if aborted {
-        hub.cut();
+        for link in core.cut() {
+            link.cut();
+        }
     } else {
-        hub.shutdown();
+        core.shutdown(Instant::now());
+        emit(&mut core, &events);
     }
-    // Whoever is still waiting for an answer gets one now: a connection whose `Join` came too
-    // late is told the server is shutting down (or just cut), the others see their reply fail.
+    // A connection whose `Join` came too late is told the server is shutting down (or just
+    // cut).
     rx.close();
     while let Ok(msg) = rx.try_recv() {
         if let HubMsg::Join { peer, .. } = msg {
             if aborted {
                 peer.cut();
             } else {
-                peer.close_with(Frame::bye("shutdown"));
+                peer.step(|machine| machine.close_with(crate::protocol::Frame::bye("shutdown")));
             }
         }
     }
 }
 
-impl Hub {
-    fn emit(&self, event: ServerEvent) {
+fn emit(core: &mut HubCore<Link>, events: &async_channel::Sender<ServerEvent>) {
+    while let Some(event) = core.poll_event() {
         // Fails only when the application dropped its `ServerEvents`: it chose not to listen.
-        let _ = self.events.try_send(event);
+        let _ = events.try_send(event);
     }
+}
 
-    fn tick(&mut self, now: Instant) {
-        let limit = self.config.outbound_queue;
-        let evicted = self.list.tick_observed(now, |peer| peer.observation(), |peer, seq| peer.pulse(seq, now, limit));
-        for (gone, why) in evicted {
-            let reason = match why {
-                Eviction::Timeout { misses } => {
-                    let text = format!("no frame for {misses} pulse intervals");
-                    gone.link.close_with(Frame::error(ErrorCode::Timeout, text));
-                    OfflineReason::Timeout { misses }
-                }
-                Eviction::Stalled => OfflineReason::Stalled,
-            };
-            self.depart(gone, reason);
+fn handle(core: &mut HubCore<Link>, msg: HubMsg) {
+    let now = Instant::now();
+    match msg {
+        HubMsg::Join { hello, addr, peer } => {
+            let Hello { version, client_id, resume, .. } = hello;
+            let join = Join { key: peer.key(), version, client_id, resume, addr };
+            core.join(join, peer, secret_bytes(), now);
+        }
+        HubMsg::Leave { key, reason } => core.leave(key, reason, now),
+        HubMsg::Online { reply } => {
+            let _ = reply.send(core.online());
+        }
+        HubMsg::Detached { reply } => {
+            let _ = reply.send(core.detached(now));
+        }
+        HubMsg::SendTo { peer, payload, reply } => {
+            let _ = reply.send(core.send(&peer, payload));
+        }
+        HubMsg::Broadcast { payload, reply } => {
+            let _ = reply.send(core.broadcast(payload));
+        }
+        HubMsg::DropConnections { reply } => {
+            let links = core.links();
+            for link in &links {
+                // Cut as a failed network would: no word to the peer; its session is kept.
+                link.step(|machine| machine.close());
+                link.cut();
+                core.leave(link.key(), OfflineReason::Reset, now);
+            }
+            let _ = reply.send(links.len());
         }
     }
+}
 
-    fn handle(&mut self, msg: HubMsg) {
-        let now = Instant::now();
-        let limit = self.config.outbound_queue;
-        match msg {
-            HubMsg::Join { key, id, addr, peer } => {
-                let max = self.config.max_peers;
-                if self.list.len() >= max && self.list.link(&id).is_none() {
-                    tracing::warn!(peer = %id, %addr, max, "connection refused: the server is full");
-                    let text = format!("the server holds its maximum of {max} peers");
-                    peer.close_with(Frame::error(ErrorCode::Full, text));
-                    return;
-                }
-                let joined = self.list.join(key, id, addr, peer.clone(), now);
-                if let Some(old) = joined.replaced {
-                    old.link.close_with(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
-                    self.depart(old, OfflineReason::Replaced);
-                }
-                if let Some(info) = self.list.peer(key) {
-                    tracing::info!(peer = %info.id, addr = %info.addr, session = %info.session, "peer online");
-                    self.emit(ServerEvent::PeerOnline { peer: info.clone() });
-                }
-                // Only now may the peer speak: whatever it sends comes after its `PeerOnline`.
-                // Nothing was written to it yet, so `WELCOME` is its first frame.
-                let welcome = Frame::Welcome {
-                    session: joined.session,
-                    interval: self.config.interval,
-                    max_missed: self.config.max_missed,
-                };
-                peer.welcome(welcome, limit);
-            }
-            HubMsg::Leave { key, reason } => {
-                if let Some(gone) = self.list.leave(key) {
-                    self.depart(gone, reason);
-                }
-            }
-            HubMsg::Online { reply } => {
-                self.list.observe(|peer| peer.observation());
-                let _ = reply.send(self.list.snapshot());
-            }
-            HubMsg::SendTo { peer, payload, reply } => {
-                let result = match self.list.link(&peer) {
-                    None => Err(ServerSendError::NotOnline(payload)),
-                    Some(link) => link.send(Frame::Data(payload), limit).map_err(|refused| match refused {
-                        Refused::Full(Frame::Data(payload)) => ServerSendError::Full(payload),
-                        Refused::Closed(Frame::Data(payload)) => ServerSendError::NotOnline(payload),
-                        _ => ServerSendError::Stopped,
-                    }),
-                };
-                let _ = reply.send(result);
-            }
-            HubMsg::Broadcast { payload, reply } => {
-                let queued = self
-                    .list
-                    .links()
-                    .filter(|(_, link)| link.send(Frame::Data(payload.clone()), limit).is_ok())
-                    .count();
-                let _ = reply.send(queued);
-            }
-        }
-    }
-
-    /// Takes a peer out for good: it is closed (its connection writes what is left, then closes
-    /// the socket) and the application is told.
-    fn depart(&mut self, gone: Departed<Link>, reason: OfflineReason) {
-        gone.link.close();
-        let peer = gone.info;
-        match &reason {
-            OfflineReason::Timeout { .. } | OfflineReason::Stalled | OfflineReason::WriteTimeout => {
-                tracing::warn!(peer = %peer.id, addr = %peer.addr, %reason, "peer evicted");
-            }
-            _ => tracing::info!(peer = %peer.id, addr = %peer.addr, %reason, "peer offline"),
-        }
-        self.emit(ServerEvent::PeerOffline { peer, reason });
-    }
-
-    fn shutdown(&mut self) {
-        for gone in self.list.drain() {
-            gone.link.close_with(Frame::bye("shutdown"));
-            self.depart(gone, OfflineReason::Shutdown);
-        }
-    }
-
-    /// The server was aborted: every connection is cut, with no word and no event.
-    fn cut(&mut self) {
-        for gone in self.list.drain() {
-            gone.link.cut();
-        }
-    }
+/// 16 bytes from the operating system's secure random source, for a resume secret.
+fn secret_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    // The source fails only when the OS has none at all; a server that cannot make secrets
+    // must not hand out guessable ones.
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    bytes
 }

@@ -24,7 +24,7 @@ use crate::error::{IoError, ProtocolViolation};
 use crate::protocol::{ClientId, ErrorCode};
 use crate::rt;
 
-pub use crate::core::PeerInfo;
+pub use crate::core::{KeptSession, PeerInfo, Undelivered};
 pub use config::{ServerConfig, ServerConfigBuilder};
 use hub::HubMsg;
 
@@ -78,7 +78,9 @@ impl Server {
         let listener = rt::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
         let config = Arc::new(config);
-        let (hub_tx, hub_rx) = async_channel::bounded(4096);
+        // Unbounded, and bounded all the same: each connection sends the hub one `Join` and
+        // one `Leave`, and the application's requests wait for their answers.
+        let (hub_tx, hub_rx) = async_channel::unbounded();
         let (event_tx, event_rx) = async_channel::unbounded();
         let (stop_tx, stop_rx) = async_channel::bounded(1);
         let (halt_tx, halt_rx) = async_channel::bounded(1);
@@ -90,7 +92,6 @@ impl Server {
             config: config.clone(),
             hub: hub_tx.clone(),
             events: event_tx.clone(),
-            epoch: std::time::Instant::now(),
             stop: stop_rx.clone(),
             halt: halt_rx,
             tracker: tracker.clone(),
@@ -132,22 +133,48 @@ impl Server {
         answer.await.unwrap_or_default()
     }
 
-    /// Queues a message for the online peer `peer`.
-    pub async fn send(&self, peer: &ClientId, payload: impl Into<Bytes>) -> Result<(), ServerSendError> {
+    /// Queues a message for `peer`, online or detached (its session kept, waiting for it to
+    /// resume), and returns its number in the session: the peer's
+    /// [`ServerEvent::Delivered`] reaches it, or the session's end hands it back in
+    /// [`ServerEvent::PeerOffline`]. A protocol 1 peer's messages are not numbered (0) and not
+    /// acknowledged. Never waits on the peer: a full session refuses at once, and every refusal
+    /// hands the payload back.
+    pub async fn send(&self, peer: &ClientId, payload: impl Into<Bytes>) -> Result<u64, ServerSendError> {
         let payload = payload.into();
         let (reply, answer) = oneshot::channel();
-        let msg = HubMsg::SendTo { peer: peer.clone(), payload, reply };
+        let msg = HubMsg::SendTo { peer: peer.clone(), payload: payload.clone(), reply };
         if self.inner.hub.send(msg).await.is_err() {
-            return Err(ServerSendError::Stopped);
+            return Err(ServerSendError::Stopped(payload));
         }
-        answer.await.unwrap_or(Err(ServerSendError::Stopped))
+        answer.await.unwrap_or(Err(ServerSendError::Stopped(payload)))
     }
 
-    /// Queues a message for every online peer; returns how many peers it was queued for
-    /// (peers whose queue is full are skipped).
+    /// Queues a message for every peer, online or detached; returns how many sessions took it
+    /// (full ones are skipped).
     pub async fn broadcast(&self, payload: impl Into<Bytes>) -> usize {
         let (reply, answer) = oneshot::channel();
         if self.inner.hub.send(HubMsg::Broadcast { payload: payload.into(), reply }).await.is_err() {
+            return 0;
+        }
+        answer.await.unwrap_or(0)
+    }
+
+    /// The detached sessions: peers whose connection was lost and whose session is kept,
+    /// with the time each has left (empty once the server stopped).
+    pub async fn detached(&self) -> Vec<KeptSession> {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.hub.send(HubMsg::Detached { reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Fault injection, for tests and demos: cuts every connection at once, without a word, as
+    /// a failed network would; their sessions are kept as for any lost connection. Returns how
+    /// many were cut.
+    pub async fn drop_connections(&self) -> usize {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.hub.send(HubMsg::DropConnections { reply }).await.is_err() {
             return 0;
         }
         answer.await.unwrap_or(0)
@@ -192,21 +219,34 @@ impl Server {
 
 /// Why [`Server::send`] did not queue a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ServerSendError {
-    /// No online peer has this id.
+    /// No peer has this id online, and no session is kept for it.
     NotOnline(Bytes),
-    /// The peer's outbound queue is full.
+    /// The peer's session holds its limit of unacknowledged messages or bytes (or, for a
+    /// protocol 1 peer, its socket has not taken what was written).
     Full(Bytes),
     /// The server has stopped.
-    Stopped,
+    Stopped(Bytes),
+}
+
+impl ServerSendError {
+    /// The payload, handed back.
+    pub fn into_payload(self) -> Bytes {
+        match self {
+            ServerSendError::NotOnline(payload)
+            | ServerSendError::Full(payload)
+            | ServerSendError::Stopped(payload) => payload,
+        }
+    }
 }
 
 impl fmt::Display for ServerSendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerSendError::NotOnline(_) => f.write_str("not sent: no such peer online"),
-            ServerSendError::Full(_) => f.write_str("not sent: the peer's queue is full"),
-            ServerSendError::Stopped => f.write_str("not sent: the server has stopped"),
+            ServerSendError::Full(_) => f.write_str("not sent: the peer's session is full"),
+            ServerSendError::Stopped(_) => f.write_str("not sent: the server has stopped"),
         }
     }
 }
@@ -214,31 +254,63 @@ impl fmt::Display for ServerSendError {
 impl std::error::Error for ServerSendError {}
 
 /// Something that happened on the server.
+///
+/// A peer's life reads `PeerOnline`, then any number of `PeerDetached` / `PeerOnline {
+/// resumed: true }` pairs (its connection was lost and its session resumed), then one
+/// `PeerOffline` when its session ends. Every message [`Server::send`] accepted for a protocol 2
+/// peer ends in exactly one of [`ServerEvent::Delivered`] and the `undelivered` list of
+/// [`ServerEvent::PeerOffline`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ServerEvent {
     /// A peer completed the handshake and is in the online list.
     PeerOnline {
         /// The peer.
         peer: PeerInfo,
+        /// Whether it resumed its session (protocol 2): nothing was lost or duplicated while
+        /// it was away.
+        resumed: bool,
     },
-    /// A peer left the online list.
+    /// A protocol 2 peer's connection was lost; its session is kept for the configured
+    /// [`keep`](crate::ServerConfigBuilder::keep), and messages sent to it meanwhile are queued.
+    PeerDetached {
+        /// The peer as it was last.
+        peer: PeerInfo,
+        /// Why the connection ended.
+        reason: OfflineReason,
+    },
+    /// A peer's session ended: it left, was evicted or replaced, or its detached session
+    /// was not resumed in time.
     PeerOffline {
         /// The peer as it was last.
         peer: PeerInfo,
-        /// Why it left.
+        /// Why it left (for an expired session: why its connection was lost).
         reason: OfflineReason,
+        /// The messages sent to it that it never acknowledged, in order;
+        /// `maybe_delivered` says which ones were written and may have arrived.
+        undelivered: Vec<Undelivered>,
     },
-    /// A message from a peer.
+    /// A message from a peer, handed over once and in order per session.
     Message {
         /// The sender.
         peer: ClientId,
+        /// Its number in the session (0 for a volatile or protocol 1 message).
+        seq: u64,
         /// The bytes.
         payload: Bytes,
+    },
+    /// A peer acknowledged the messages sent to it, up to `up_to` (cumulative; protocol 2).
+    Delivered {
+        /// The peer.
+        peer: ClientId,
+        /// The highest message number its application has.
+        up_to: u64,
     },
 }
 
 /// Why a peer left the online list.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OfflineReason {
     /// The peer said `BYE` (with its word).
     Goodbye {
@@ -256,6 +328,9 @@ pub enum OfflineReason {
     WriteTimeout,
     /// A new connection with the same id replaced it.
     Replaced,
+    /// Its session resumed on a new connection (the old one was still attached: a half-open
+    /// link the server had not noticed yet).
+    Resumed,
     /// It closed the connection without `BYE`.
     Eof,
     /// Its connection was reset.
@@ -291,6 +366,7 @@ impl OfflineReason {
             OfflineReason::Stalled => "stalled",
             OfflineReason::WriteTimeout => "write-timeout",
             OfflineReason::Replaced => "replaced",
+            OfflineReason::Resumed => "resumed",
             OfflineReason::Eof => "eof",
             OfflineReason::Reset => "reset",
             OfflineReason::Io(_) => "io",
@@ -318,6 +394,7 @@ impl fmt::Display for OfflineReason {
             OfflineReason::Stalled => f.write_str("dropped: not reading (outbound queue full)"),
             OfflineReason::WriteTimeout => f.write_str("dropped: write timed out"),
             OfflineReason::Replaced => f.write_str("replaced by a new connection with the same id"),
+            OfflineReason::Resumed => f.write_str("its session resumed on a new connection"),
             OfflineReason::Eof => f.write_str("connection closed"),
             OfflineReason::Reset => f.write_str("connection reset"),
             OfflineReason::Io(error) => write!(f, "socket error: {error}"),
