@@ -51,18 +51,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
         while let Some(event) = events.next().await {
             let line = match event {
-                ServerEvent::PeerOnline { peer } => json!({
+                ServerEvent::PeerOnline { peer, .. } => json!({
                     "event": "online", "peer": peer.id.as_str(), "addr": peer.addr.to_string(),
                     "session": peer.session.as_str()
                 }),
-                ServerEvent::PeerOffline { peer, reason } => json!({
+                ServerEvent::PeerOffline { peer, reason, .. } => json!({
                     "event": "offline", "peer": peer.id.as_str(), "reason": reason.word(),
                     "detail": reason.to_string()
                 }),
-                ServerEvent::Message { peer, payload } => {
+                ServerEvent::Message { peer, payload, .. } => {
                     let _ = server.send(&peer, payload).await;
                     continue;
                 }
+                _ => continue,
             };
             writeln!(out, "{line}")?;
             out.flush()?;

@@ -214,6 +214,7 @@ pub fn disconnect_word(reason: &DisconnectReason) -> &'static str {
         DisconnectReason::Io(_) => "io",
         DisconnectReason::Protocol(_) => "protocol",
         DisconnectReason::ClosedByApplication => "closed",
+        _ => "other",
     }
 }
 
@@ -228,6 +229,7 @@ pub fn failure_word(error: &ConnectError) -> &'static str {
         ConnectError::Rejected { code, .. } if code.as_str() == "full" => "rejected-full",
         ConnectError::Rejected { .. } => "rejected",
         ConnectError::Protocol(_) => "protocol",
+        _ => "other",
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use pulsewire::core::{DEFAULT_DETACHED_BYTES, DEFAULT_SESSION_BYTES, DEFAULT_SESSION_MESSAGES};
 use pulsewire::{ConfigError, ServerConfig};
 
 use crate::output::Format;
@@ -13,8 +14,11 @@ use crate::output::Format;
 ///
 /// Every event goes to stdout, one line each (text, or JSON with --json); logs go to stderr
 /// (filter them with RUST_LOG, default `info`). Each line typed on stdin is sent to every
-/// online peer. Ctrl-C or SIGTERM sends `BYE shutdown` to every peer and exits; a second one
-/// exits at once.
+/// peer, online or detached. Ctrl-C or SIGTERM sends `BYE shutdown` to every peer and exits; a
+/// second one exits at once.
+///
+/// A protocol 2 peer whose connection is lost is detached: its session is kept for --keep,
+/// and the messages sent to it meanwhile wait in it until it resumes.
 #[derive(Debug, Parser)]
 #[command(name = "demo-server", version, about, long_about)]
 pub struct Cli {
@@ -64,9 +68,40 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_handshakes: Option<usize>,
 
+    /// How long a detached session is kept, waiting for its peer to resume it, e.g. `30s`,
+    /// `2m`; `0s` keeps none (at most 24 h). When it passes, the session ends and the messages
+    /// it held are reported undelivered.
+    #[arg(long, value_name = "DUR", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub keep: Duration,
+
+    /// How many messages one session may hold: sent and not yet acknowledged, or queued while
+    /// its peer is detached (at least 1). An echo or broadcast beyond it is refused.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SESSION_MESSAGES)]
+    pub session_messages: usize,
+
+    /// How many payload bytes one session may hold, counted as for --session-messages (at
+    /// least 1).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SESSION_BYTES)]
+    pub session_bytes: usize,
+
+    /// The most detached sessions kept at once; beyond it the one nearest its end is ended
+    /// early (default: twice --max-peers).
+    #[arg(long, value_name = "N")]
+    pub detached_sessions: Option<usize>,
+
+    /// The most payload bytes all detached sessions may hold together, at least
+    /// --session-bytes; beyond it the session nearest its end is ended early.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_DETACHED_BYTES)]
+    pub detached_bytes: usize,
+
     /// Do not echo messages: by default every message a peer sends is sent back to it.
     #[arg(long)]
     pub no_echo: bool,
+
+    /// Also print a `delivered` line each time a peer acknowledges messages sent to it. Off by
+    /// default: a busy peer acknowledges up to 50 times a second.
+    #[arg(long, short)]
+    pub verbose: bool,
 
     /// Print one JSON object per line instead of text, for programs to read.
     #[arg(long)]
@@ -84,7 +119,9 @@ impl Cli {
             .max_payload(self.max_payload)
             .handshake_timeout(self.handshake_timeout)
             .outbound_queue(self.outbound_queue)
-            .write_timeout(self.write_timeout);
+            .write_timeout(self.write_timeout)
+            .keep(self.keep)
+            .session_limits(self.session_messages, self.session_bytes);
         if let Some(peers) = self.max_peers {
             builder = builder.max_peers(peers);
         }
@@ -94,7 +131,13 @@ impl Cli {
         if let Some(handshakes) = self.max_handshakes {
             builder = builder.max_handshakes(handshakes);
         }
-        builder.build()
+        // The builder sets both detached bounds at once; without --detached-sessions, the
+        // count is the SDK's default for these max peers, read from a config built without it.
+        let detached_sessions = match self.detached_sessions {
+            Some(sessions) => sessions,
+            None => builder.clone().build()?.detached_limits().max_sessions,
+        };
+        builder.detached_limits(detached_sessions, self.detached_bytes).build()
     }
 
     /// The output format chosen.
@@ -110,11 +153,17 @@ impl Cli {
     pub fn echo(&self) -> bool {
         !self.no_echo
     }
+
+    /// Whether acknowledgements (`delivered`) are printed.
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+    use pulsewire::core::{DetachedLimits, SessionLimits, DEFAULT_KEEP};
 
     use super::*;
 
@@ -138,6 +187,51 @@ mod tests {
         assert_eq!(config.max_payload(), 1_048_576);
         assert_eq!(cli.format(), Format::Text);
         assert!(cli.echo());
+        assert!(!cli.verbose());
+    }
+
+    #[test]
+    fn session_flags_default_to_the_sdks_defaults() {
+        let config = parse(&[]).server_config().expect("defaults are valid");
+        let sdk = ServerConfig::builder().build().expect("the SDK's defaults are valid");
+        assert_eq!(config.keep(), DEFAULT_KEEP, "--keep's default is written out in its help");
+        assert_eq!(config.session_limits(), sdk.session_limits());
+        assert_eq!(config.detached_limits(), sdk.detached_limits());
+    }
+
+    #[test]
+    fn session_flags_reach_the_config() {
+        let cli = parse(&[
+            "--keep",
+            "30s",
+            "--session-messages",
+            "8",
+            "--session-bytes",
+            "4096",
+            "--detached-sessions",
+            "10",
+            "--detached-bytes",
+            "8192",
+            "--verbose",
+        ]);
+        let config = cli.server_config().expect("valid flags");
+        assert_eq!(config.keep(), Duration::from_secs(30));
+        assert_eq!(config.session_limits(), SessionLimits { max_messages: 8, max_bytes: 4096 });
+        assert_eq!(config.detached_limits(), DetachedLimits { max_sessions: 10, max_bytes: 8192 });
+        assert!(cli.verbose());
+        assert!(parse(&["-v"]).verbose());
+    }
+
+    #[test]
+    fn detached_sessions_default_follows_max_peers_even_when_only_the_bytes_are_set() {
+        let config = parse(&["--max-peers", "7", "--detached-bytes", "1048576"]).server_config().unwrap();
+        assert_eq!(config.detached_limits(), DetachedLimits { max_sessions: 14, max_bytes: 1 << 20 });
+    }
+
+    #[test]
+    fn a_zero_keep_is_valid_and_keeps_no_session() {
+        let config = parse(&["--keep", "0s"]).server_config().expect("zero keeps none");
+        assert_eq!(config.keep(), Duration::ZERO);
     }
 
     #[test]
@@ -187,6 +281,11 @@ mod tests {
             (&["--handshake-timeout", "0s"][..], "handshake timeout"),
             (&["--write-timeout", "0s"][..], "write timeout"),
             (&["--max-payload", "0"][..], "max payload"),
+            (&["--session-messages", "0"][..], "session messages must be at least 1"),
+            (&["--session-bytes", "0"][..], "session bytes must be at least 1"),
+            (&["--detached-sessions", "0"][..], "detached sessions must be at least 1"),
+            (&["--session-bytes", "4096", "--detached-bytes", "4095"][..], "detached bytes must be at least"),
+            (&["--keep", "25h"][..], "keep must be at most 24 h"),
         ] {
             let message = parse(args).server_config().unwrap_err().to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
@@ -195,7 +294,9 @@ mod tests {
 
     #[test]
     fn unparsable_duration_is_a_usage_error() {
-        let error = Cli::try_parse_from(["demo-server", "--interval", "soon"]).unwrap_err();
-        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        for flag in ["--interval", "--keep"] {
+            let error = Cli::try_parse_from(["demo-server", flag, "soon"]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");
+        }
     }
 }

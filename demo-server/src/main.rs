@@ -1,6 +1,7 @@
 //! `demo-server`: a pulsewire server you can run. It pulses every peer, evicts the silent ones,
-//! prints each event and the online list on stdout, echoes messages and broadcasts the lines
-//! typed on stdin. Run `demo-server --help` for the flags.
+//! keeps the sessions of the ones whose connection was lost until they resume, prints each event,
+//! the online list and the detached sessions on stdout, echoes messages and broadcasts the lines
+//! typed on stdin. Run `demo-server --help` for the flags; `output.rs` documents the output.
 //!
 //! Exit codes: 0 after a graceful shutdown (Ctrl-C, SIGTERM), 1 when the server cannot run
 //! (address in use, stdout closed), 2 for a bad command line or configuration.
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = serve::Options { format: cli.format(), echo: cli.echo() };
+    let options = serve::Options { format: cli.format(), echo: cli.echo(), verbose: cli.verbose() };
     match serve::run(config, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,10 +1,12 @@
-//! The running server: binds, then prints every event, echoes messages, broadcasts the lines
-//! typed on stdin, and shuts down gracefully on Ctrl-C or SIGTERM.
+//! The running server: binds, then prints every event, echoes messages (numbered, like every
+//! message the server sends), broadcasts the lines typed on stdin, and shuts down gracefully
+//! on Ctrl-C or SIGTERM.
 //!
 //! Everything runs on the main thread under `futures::executor::block_on`; the SDK runs its
 //! own tasks on its internal runtime. Stdin and signals are read on threads of their own and
 //! arrive here through channels.
 
+use std::collections::HashSet;
 use std::io::{self, BufRead, BufWriter, Stdout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -13,9 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use futures::channel::mpsc::{self, UnboundedReceiver};
 use futures::stream::{Fuse, StreamExt};
+use pulsewire::protocol::ClientId;
 use pulsewire::{Server, ServerConfig, ServerEvent, ServerEvents};
 
-use crate::output::{Format, Output};
+use crate::output::{Echo, Format, Notes, Output};
 
 /// How the server behaves beyond its [`ServerConfig`].
 #[derive(Debug, Clone, Copy)]
@@ -24,15 +27,17 @@ pub struct Options {
     pub format: Format,
     /// Whether every message is sent back to the peer that sent it.
     pub echo: bool,
+    /// Whether acknowledgements (`ServerEvent::Delivered`) are printed.
+    pub verbose: bool,
 }
 
 /// The context of an error writing to stdout.
 const STDOUT: &str = "cannot write to stdout";
 
-/// The online list is printed at most this often. Every event line is printed at once; the
-/// list that follows a change waits for the rest of this gap, so that a storm of arrivals
-/// prints ten lists a second, not one per batch (each a snapshot of every peer, megabytes at
-/// 19 000 peers).
+/// The online list (with the detached sessions) is printed at most this often. Every event
+/// line is printed at once; the list that follows a change waits for the rest of this gap, so
+/// that a storm of arrivals prints ten lists a second, not one per batch (each a snapshot of
+/// every peer, megabytes at 19 000 peers).
 const LIST_GAP: Duration = Duration::from_millis(100);
 
 /// Runs the server until Ctrl-C or SIGTERM. Fails when the address cannot be bound, the
@@ -49,6 +54,8 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
         server,
         out: Output::new(options.format, BufWriter::with_capacity(64 * 1024, io::stdout())),
         echo: options.echo,
+        verbose: options.verbose,
+        detached: DetachedPeers::default(),
         list_due: async_io::Timer::never(),
         pacer: ListPacer::new(Instant::now()),
     };
@@ -80,6 +87,9 @@ struct Console {
     server: Server,
     out: Output<BufWriter<Stdout>>,
     echo: bool,
+    verbose: bool,
+    /// Who is detached, to tell an `offline` that ends a kept session.
+    detached: DetachedPeers,
     /// Fires when a list held back by [`LIST_GAP`] is due.
     list_due: async_io::Timer,
     /// When the online list is printed.
@@ -114,9 +124,9 @@ impl Console {
     }
 
     /// Handles `first` and every event already waiting behind it, then prints the online list
-    /// once if anyone came or went: at once, or when [`LIST_GAP`] has passed since the last
-    /// one. While peers arrive faster than that (a reconnect storm), the changes gather into
-    /// one list instead of one list per arrival.
+    /// once if anyone came, went or detached: at once, or when [`LIST_GAP`] has passed since
+    /// the last one. While peers arrive faster than that (a reconnect storm), the changes gather
+    /// into one list instead of one list per arrival.
     async fn batch(&mut self, first: ServerEvent, events: &mut ServerEvents) -> io::Result<()> {
         let mut changed = self.event(first).await?;
         while let Some(event) = events.try_next() {
@@ -133,28 +143,69 @@ impl Console {
         Ok(())
     }
 
-    /// Prints the online list as the server has it now.
+    /// Prints the online list and the detached sessions as the server has them now (two
+    /// snapshots, taken one after the other).
     async fn print_list(&mut self) -> io::Result<()> {
         let peers = self.server.online().await;
+        let detached = self.server.detached().await;
         let now = Instant::now();
         self.pacer.printed(now);
-        self.out.online_list(&peers, now)
+        self.out.online_list(&peers, &detached, now)
     }
 
-    /// Prints `event` and echoes messages; returns whether the online list changed.
+    /// Echoes messages, then prints `event` with the echo's seq; returns whether the online
+    /// list changed. `Delivered` is printed only when verbose.
     async fn event(&mut self, event: ServerEvent) -> io::Result<bool> {
-        self.out.event(&event)?;
-        match event {
-            ServerEvent::PeerOnline { .. } | ServerEvent::PeerOffline { .. } => return Ok(true),
-            ServerEvent::Message { peer, payload } => {
-                if self.echo {
-                    if let Err(error) = self.server.send(&peer, payload).await {
-                        tracing::warn!(%peer, %error, "echo failed");
-                    }
+        let seen = self.detached.observe(&event);
+        let mut notes = Notes { was_detached: seen.was_detached, ..Notes::default() };
+        match &event {
+            ServerEvent::Message { peer, payload, .. } if self.echo => {
+                let echo = self.server.send(peer, payload.clone()).await;
+                if let Err(error) = &echo {
+                    tracing::warn!(%peer, %error, "echo failed");
                 }
+                notes.echo = Echo::of(&echo);
             }
+            ServerEvent::Delivered { .. } if !self.verbose => return Ok(false),
+            _ => {}
         }
-        Ok(false)
+        self.out.event(&event, notes)?;
+        Ok(seen.list_changed)
+    }
+}
+
+/// The peers whose session is kept detached, as the events tell: it knows which events change
+/// the printed lists, and which `PeerOffline` ends a kept session rather than a connection.
+/// It holds one id per detached session, so the server's detached bounds bound it.
+#[derive(Debug, Default)]
+struct DetachedPeers {
+    ids: HashSet<ClientId>,
+}
+
+/// What an event meant to [`DetachedPeers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// The online list or the detached sessions changed: the list is due.
+    list_changed: bool,
+    /// A `PeerOffline` ended a session that was kept detached.
+    was_detached: bool,
+}
+
+impl DetachedPeers {
+    fn observe(&mut self, event: &ServerEvent) -> Seen {
+        let (list_changed, was_detached) = match event {
+            ServerEvent::PeerOnline { peer, .. } => {
+                self.ids.remove(&peer.id);
+                (true, false)
+            }
+            ServerEvent::PeerDetached { peer, .. } => {
+                self.ids.insert(peer.id.clone());
+                (true, false)
+            }
+            ServerEvent::PeerOffline { peer, .. } => (true, self.ids.remove(&peer.id)),
+            _ => (false, false),
+        };
+        Seen { list_changed, was_detached }
     }
 }
 
@@ -264,7 +315,65 @@ fn stdin_lines() -> anyhow::Result<UnboundedReceiver<Vec<u8>>> {
 
 #[cfg(test)]
 mod tests {
+    use pulsewire::protocol::SessionId;
+    use pulsewire::{OfflineReason, PeerInfo};
+
     use super::*;
+
+    fn peer(id: &str) -> PeerInfo {
+        PeerInfo {
+            id: ClientId::new(id).unwrap(),
+            addr: "127.0.0.1:5555".parse().unwrap(),
+            session: SessionId::new("s1").unwrap(),
+            connected_since: Instant::now(),
+            last_seen: Instant::now(),
+            last_rtt: None,
+            misses: 0,
+        }
+    }
+
+    fn online(id: &str, resumed: bool) -> ServerEvent {
+        ServerEvent::PeerOnline { peer: peer(id), resumed }
+    }
+
+    fn detached(id: &str) -> ServerEvent {
+        ServerEvent::PeerDetached { peer: peer(id), reason: OfflineReason::Reset }
+    }
+
+    fn offline(id: &str) -> ServerEvent {
+        ServerEvent::PeerOffline { peer: peer(id), reason: OfflineReason::Reset, undelivered: Vec::new() }
+    }
+
+    const CHANGED: Seen = Seen { list_changed: true, was_detached: false };
+
+    #[test]
+    fn an_offline_after_a_detach_ends_a_kept_session() {
+        let mut peers = DetachedPeers::default();
+        assert_eq!(peers.observe(&online("a", false)), CHANGED);
+        assert_eq!(peers.observe(&detached("a")), CHANGED);
+        assert_eq!(peers.observe(&offline("a")), Seen { list_changed: true, was_detached: true });
+        assert!(peers.ids.is_empty(), "an ended session is forgotten");
+    }
+
+    #[test]
+    fn a_resume_or_a_live_departure_is_no_kept_session_ending() {
+        let mut peers = DetachedPeers::default();
+        for event in [online("a", false), detached("a"), online("a", true), offline("a"), offline("b")] {
+            assert_eq!(peers.observe(&event), CHANGED, "{event:?}");
+        }
+        assert!(peers.ids.is_empty());
+    }
+
+    #[test]
+    fn messages_and_acknowledgements_leave_the_lists_alone() {
+        let mut peers = DetachedPeers::default();
+        let id = ClientId::new("a").unwrap();
+        let message = ServerEvent::Message { peer: id.clone(), seq: 1, payload: "hi".into() };
+        let delivered = ServerEvent::Delivered { peer: id, up_to: 1 };
+        for event in [message, delivered] {
+            assert_eq!(peers.observe(&event), Seen { list_changed: false, was_detached: false });
+        }
+    }
 
     #[test]
     fn a_change_after_a_quiet_gap_is_printed_at_once() {

@@ -33,7 +33,7 @@
 //!     }
 //!     // The server sees the peer come online, then its message.
 //!     while let Some(event) = server_events.next().await {
-//!         if let ServerEvent::Message { peer, payload } = event {
+//!         if let ServerEvent::Message { peer, payload, .. } = event {
 //!             assert_eq!((peer.as_str(), &payload[..]), ("desk-42", &b"hello"[..]));
 //!             break;
 //!         }
@@ -72,14 +72,15 @@ mod error;
 mod rt;
 mod server;
 
-pub use crate::core::ReconnectPolicy;
+pub use crate::core::{OutboxStatus, ReconnectPolicy, ResumeState, SendOptions};
 pub use client::{
     Client, ClientConfig, ClientConfigBuilder, CloseReason, ConnectError, DisconnectReason, Driver, Event, Events,
-    Failure, ProbeError, SendError, State,
+    Failure, ProbeError, SendError, State, Ticket,
 };
 pub use error::{ConfigError, IoError, ProtocolViolation, MAX_PAYLOAD_LIMIT};
 pub use server::{
-    OfflineReason, PeerInfo, Server, ServerConfig, ServerConfigBuilder, ServerEvent, ServerEvents, ServerSendError,
+    KeptSession, OfflineReason, PeerInfo, Server, ServerConfig, ServerConfigBuilder, ServerEvent, ServerEvents,
+    ServerSendError, Undelivered,
 };
 
 /// The README's examples, compiled as doc tests so that they stay true.

@@ -52,14 +52,27 @@ fn quick(addr: &str, id: &str) -> pulsewire::ClientConfigBuilder {
 }
 
 #[test]
-fn send_and_probe_while_offline_fail_and_hand_the_payload_back() {
+fn messages_sent_offline_wait_in_the_outbox_and_come_back_when_the_client_closes() {
     smol::block_on(async {
-        let (client, _events) = Client::start(quick(&closed_port(), "lonely").build().expect("config"));
-        assert_eq!(client.try_send("a"), Err(SendError::Offline("a".into())));
-        assert_eq!(client.send("b").await, Err(SendError::Offline("b".into())));
+        let (client, mut events) = Client::start(quick(&closed_port(), "lonely").build().expect("config"));
+        let a = client.try_send("a").expect("accepted offline");
+        let b = client.send("b").await.expect("accepted offline");
+        assert!(a < b);
+        assert_eq!(client.outbox().queued, 2);
+        let volatile = pulsewire::SendOptions::new().volatile();
+        assert_eq!(client.try_send_with("v", volatile), Err(SendError::Offline("v".into())));
         assert_eq!(client.probe().await, Err(ProbeError::Offline));
         client.close().await;
         assert_eq!(client.try_send("c"), Err(SendError::Closed("c".into())));
+        let mut back = Vec::new();
+        wait_for(&mut events, |e| {
+            if let Event::Undelivered { ticket, payload, maybe_delivered } = e {
+                back.push((*ticket, payload.clone(), *maybe_delivered));
+            }
+            matches!(e, Event::Closed { .. })
+        })
+        .await;
+        assert_eq!(back, vec![(a, "a".into(), false), (b, "b".into(), false)], "never sent, handed back in order");
     });
 }
 
@@ -113,12 +126,13 @@ fn probe_measures_a_round_trip_and_server_sends_to_one_peer_or_all() {
         let peer_a = pulsewire::protocol::ClientId::new("a").expect("id");
         server.send(&peer_a, "just for a").await.expect("queued");
         assert_eq!(
-            wait_for(&mut a_events, |e| matches!(e, Event::Message(_))).await,
-            Event::Message("just for a".into())
+            wait_for(&mut a_events, |e| matches!(e, Event::Message { .. })).await,
+            Event::Message { seq: 1, payload: "just for a".into() }
         );
         assert_eq!(server.broadcast("for all").await, 2);
-        assert_eq!(wait_for(&mut a_events, |e| matches!(e, Event::Message(_))).await, Event::Message("for all".into()));
-        assert_eq!(wait_for(&mut b_events, |e| matches!(e, Event::Message(_))).await, Event::Message("for all".into()));
+        let message = |seq| Event::Message { seq, payload: "for all".into() };
+        assert_eq!(wait_for(&mut a_events, |e| matches!(e, Event::Message { .. })).await, message(2));
+        assert_eq!(wait_for(&mut b_events, |e| matches!(e, Event::Message { .. })).await, message(1));
 
         let nobody = pulsewire::protocol::ClientId::new("nobody").expect("id");
         assert_eq!(server.send(&nobody, "x").await, Err(ServerSendError::NotOnline("x".into())));
@@ -135,13 +149,13 @@ fn probe_measures_a_round_trip_and_server_sends_to_one_peer_or_all() {
         }
         server.shutdown().await;
         assert_eq!(server.online().await, vec![]);
-        assert_eq!(server.send(&peer_a, "late").await, Err(ServerSendError::Stopped));
+        assert_eq!(server.send(&peer_a, "late").await, Err(ServerSendError::Stopped("late".into())));
     });
 }
 
 #[test]
-fn messages_not_written_when_the_connection_drops_come_back_as_undelivered() {
-    // A server that welcomes the client, never reads, then drops the connection.
+fn every_message_accepted_comes_back_as_undelivered_when_the_client_gives_up() {
+    // A server that welcomes the client, never reads, then drops the connection and is gone.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
@@ -149,16 +163,16 @@ fn messages_not_written_when_the_connection_drops_come_back_as_undelivered() {
         let (mut socket, _) = listener.accept().expect("accept");
         let mut hello = [0u8; 64];
         let _ = socket.read(&mut hello).expect("hello");
-        socket.write_all(b"WELCOME s1 60000 3\n").expect("welcome");
+        socket.write_all(b"WELCOME s1 60000 3 resumed=0 rx=0 resume=abc keep=0\n").expect("welcome");
         dropped_rx.recv().expect("told to drop");
         drop(socket);
     });
     smol::block_on(async {
         let config =
-            quick(&addr, "stuck").max_payload(64 * 1024).send_queue(512).max_attempts(1).build().expect("config");
+            quick(&addr, "stuck").max_payload(64 * 1024).outbox(512, 32 << 20).max_attempts(1).build().expect("config");
         let (client, mut events) = Client::start(config);
         wait_for(&mut events, |e| matches!(e, Event::Connected { .. })).await;
-        // Far more than the socket buffers hold: the writer blocks, the queue fills.
+        // Far more than the socket buffers hold: the writer blocks, the outbox fills.
         let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
         let mut accepted = 0;
         while client.try_send(payload.clone()).is_ok() {
@@ -166,14 +180,20 @@ fn messages_not_written_when_the_connection_drops_come_back_as_undelivered() {
         }
         assert!(accepted > 0);
         dropped_tx.send(()).expect("server thread alive");
-        let mut undelivered = 0;
+        let (mut undelivered, mut maybe) = (0, 0);
         let closed = wait_for(&mut events, |e| {
-            undelivered += usize::from(matches!(e, Event::Undelivered(p) if *p == payload));
+            if let Event::Undelivered { payload: p, maybe_delivered, .. } = e {
+                assert_eq!(*p, payload);
+                undelivered += 1;
+                maybe += usize::from(*maybe_delivered);
+            }
+            assert!(!matches!(e, Event::Delivered { .. }), "nothing was acknowledged");
             matches!(e, Event::Closed { .. })
         })
         .await;
         assert!(matches!(closed, Event::Closed { .. }));
-        assert!(undelivered > 0 && undelivered <= accepted, "{undelivered} of {accepted} handed back");
+        assert_eq!(undelivered, accepted, "every accepted message has its one outcome");
+        assert!(maybe > 0 && maybe <= accepted, "{maybe} of {accepted} were written");
     });
     server.join().expect("server thread");
 }
@@ -209,7 +229,7 @@ fn silent_server_is_reported_missed_then_lost_inside_the_protocol_window() {
         let (mut socket, _) = listener.accept().expect("accept");
         let mut hello = [0u8; 64];
         let _ = socket.read(&mut hello).expect("hello");
-        socket.write_all(b"WELCOME s1 50 3\n").expect("welcome");
+        socket.write_all(b"WELCOME s1 50 3 resumed=0 rx=0 resume=abc keep=0\n").expect("welcome");
         for seq in 1..=5 {
             std::thread::sleep(interval);
             socket.write_all(format!("PULSE {seq}\n").as_bytes()).expect("pulse");

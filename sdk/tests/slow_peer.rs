@@ -48,7 +48,7 @@ fn peer_that_stops_reading_is_dropped_as_stalled_while_others_keep_their_pulses(
         let reason = 'waiting: loop {
             server.broadcast(payload.clone()).await;
             while let Some(event) = server_events.try_next() {
-                if let ServerEvent::PeerOffline { peer, reason } = event {
+                if let ServerEvent::PeerOffline { peer, reason, .. } = event {
                     assert_eq!(peer.id.as_str(), "stalled");
                     break 'waiting reason;
                 }

@@ -12,7 +12,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{pin_mut, select_biased, FutureExt};
 
 use super::{ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, Phase, Shared};
-use crate::core::{BackoffSchedule, ConnectionEnd, FirstAttempt};
+use crate::core::{BackoffSchedule, ConnectionEnd};
 use crate::error::IoError;
 use crate::rt::{self, TcpStream};
 
@@ -41,9 +41,7 @@ pub(super) async fn run(
     done: async_channel::Sender<()>,
 ) {
     let task = shared.tasks.enter();
-    let start = Instant::now();
-    let mut schedule = BackoffSchedule::new(config.reconnect.clone(), fastrand::u64(..), start);
-    schedule.reset(start, FirstAttempt::Immediate);
+    let mut schedule = BackoffSchedule::new(config.reconnect.clone(), fastrand::u64(..), Instant::now());
     let mut last_error: Option<Failure> = None;
     let reason = loop {
         if shared.machine().is_closed() {
@@ -105,6 +103,8 @@ pub(super) async fn run(
     shared.with_machine(|machine| machine.finish());
     shared.set(Phase::Closed(reason.clone()));
     shared.emit(Event::Closed { reason });
+    // `Closed` is the last event: the stream ends after it, even while handles live on.
+    shared.end_events();
     // Counted out before `close()` hears that the driver is done.
     drop(task);
     drop(done);

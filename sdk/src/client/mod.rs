@@ -403,6 +403,10 @@ impl Shared {
         self.emit.send(event);
     }
 
+    fn end_events(&self) {
+        self.emit.0.close_channel();
+    }
+
     fn take_end(&self) -> Option<ConnectionEnd> {
         lock(&self.end).take()
     }

@@ -607,7 +607,7 @@ impl ClientMachine {
     }
 
     fn expire(&mut self, now: Instant) {
-        if !self.next_expiry.is_some_and(|at| now >= at) {
+        if self.next_expiry.is_none_or(|at| now < at) {
             return;
         }
         let mut kept = VecDeque::with_capacity(self.queue.len());

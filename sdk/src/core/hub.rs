@@ -62,6 +62,23 @@ pub struct Join {
     pub addr: SocketAddr,
 }
 
+/// The answer to a `HELLO`, to send once the application has heard of the peer.
+#[derive(Debug)]
+pub struct Welcome<L> {
+    link: L,
+    session: ServerSession,
+    terms: WelcomeTerms,
+}
+
+impl<L: PeerLink> Welcome<L> {
+    /// Writes `WELCOME` (and, for a resumed session, what the peer has not had): only now may
+    /// the peer speak, and what it sent meanwhile is handled.
+    pub fn send(self, now: Instant) {
+        let Welcome { link, session, terms } = self;
+        link.with_machine(|machine| machine.welcome(session, terms, now));
+    }
+}
+
 /// What the hub remembers of a detached session besides the session itself.
 #[derive(Debug, Clone)]
 struct Absent {
@@ -133,17 +150,22 @@ impl<L: PeerLink + Clone> HubCore<L> {
     /// (taking it from a half-open connection of the same id, or from the detached sessions) or
     /// opens a new one, replaces another connection with the same id, and welcomes the peer.
     /// `random` (16 bytes from a secure source) makes the session's fresh resume secret.
-    pub fn join(&mut self, join: Join, link: L, random: [u8; 16], now: Instant) {
+    ///
+    /// Returns the `WELCOME` to send, unless the peer was refused: hand the application the
+    /// events ([`HubCore::poll_event`], its `PeerOnline` among them) first, then
+    /// [`Welcome::send`] it, so that whatever the peer sent comes after its `PeerOnline`.
+    #[must_use = "the peer waits for its WELCOME"]
+    pub fn join(&mut self, join: Join, link: L, random: [u8; 16], now: Instant) -> Option<Welcome<L>> {
         let Join { key, version, client_id, resume, addr } = join;
         let max = self.config.max_peers;
         if self.list.len() >= max && self.list.link(&client_id).is_none() {
             tracing::warn!(peer = %client_id, %addr, max, "connection refused: the server is full");
             let text = format!("the server holds its maximum of {max} peers");
             link.with_machine(|machine| machine.refuse(ErrorCode::Full, &text));
-            return;
+            return None;
         }
         let mut session = None;
-        if let Some(Resume { secret, .. }) = resume.filter(|_| version > MIN_PROTOCOL_VERSION) {
+        if let Some(Resume { secret, rx }) = resume.filter(|_| version > MIN_PROTOCOL_VERSION) {
             // The session's connection may still be attached: a half-open link the server has
             // not noticed yet. It is stopped before its session moves.
             let attached = self.list.key(&client_id).filter(|&old| {
@@ -151,19 +173,35 @@ impl<L: PeerLink + Clone> HubCore<L> {
                     .link_of(old)
                     .is_some_and(|link| link.with_machine(|m| m.session().is_some_and(|s| s.matches(&secret))))
             });
+            let mut found = None;
             if let Some(old) = attached {
                 if let Some(gone) = self.list.leave(old) {
-                    session = gone.link.with_machine(|machine| {
+                    let taken = gone.link.with_machine(|machine| {
                         machine.close_with(Frame::error(ErrorCode::Resumed, "the session resumed on a new connection"));
                         machine.take_session()
                     });
                     let info = gone.info;
                     tracing::info!(peer = %info.id, addr = %info.addr, "connection replaced by its session's resume");
-                    self.emit(ServerEvent::PeerDetached { peer: info, reason: OfflineReason::Resumed });
+                    self.emit(ServerEvent::PeerDetached { peer: info.clone(), reason: OfflineReason::Resumed });
+                    found = taken.map(|s| (s, info));
                 }
-            } else if let Some(found) = self.sessions.resume(&client_id, &secret, now) {
-                self.absent.remove(found.id());
-                session = Some(found);
+            } else if let Some(kept) = self.sessions.resume(&client_id, &secret, now) {
+                if let Some(absent) = self.absent.remove(kept.id()) {
+                    found = Some((kept, absent.info));
+                }
+            }
+            match found {
+                // A client that says it has less than it acknowledged resumes from a saved state
+                // older than its last acknowledgement (its process died in between): the
+                // messages between are gone from the session, so it cannot go on gap-free. It
+                // gets a fresh session, as for a session not found, and the old one ends.
+                Some((mut stale, info)) if rx < stale.acked() => {
+                    tracing::info!(peer = %client_id, rx, acked = stale.acked(), "resume from a stale state");
+                    let undelivered = stale.drain_undelivered();
+                    self.offline(info, OfflineReason::Replaced, undelivered);
+                }
+                Some((kept, _)) => session = Some(kept),
+                None => {}
             }
         }
         let resumed = session.is_some();
@@ -194,7 +232,6 @@ impl<L: PeerLink + Clone> HubCore<L> {
             let peer = info.clone();
             self.emit(ServerEvent::PeerOnline { peer, resumed });
         }
-        // Only now may the peer speak: whatever it sends comes after its `PeerOnline`.
         let terms = WelcomeTerms {
             interval: self.config.interval,
             max_missed: self.config.max_missed,
@@ -202,7 +239,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
             resumed,
             expires_in: None,
         };
-        link.with_machine(|machine| machine.welcome(session, terms, now));
+        Some(Welcome { link, session, terms })
     }
 
     /// A connection ended (its machine closed, or the socket failed): the peer leaves the
@@ -215,14 +252,15 @@ impl<L: PeerLink + Clone> HubCore<L> {
     }
 
     /// Whether a connection lost for `reason` keeps its session: not when the peer said goodbye
-    /// or broke the protocol, nor when the server stops.
+    /// or broke the protocol, was replaced, nor when the server stops. (A peer's `ERROR`, such
+    /// as the client's `ERROR timeout` when it found the server silent, keeps it: the client
+    /// comes back to resume.)
     fn keeps_session(&self, reason: &OfflineReason) -> bool {
         !self.config.keep.is_zero()
             && !matches!(
                 reason,
                 OfflineReason::Goodbye { .. }
                     | OfflineReason::Protocol(_)
-                    | OfflineReason::PeerError { .. }
                     | OfflineReason::Replaced
                     | OfflineReason::Shutdown
             )
@@ -326,8 +364,9 @@ impl<L: PeerLink + Clone> HubCore<L> {
             SendRefused::Full(payload) => ServerSendError::Full(payload),
             other => ServerSendError::NotOnline(other.into_payload()),
         };
+        let limit = self.config.outbound_queue;
         if let Some(link) = self.list.link(peer) {
-            return link.with_machine(|machine| machine.send(payload)).map_err(refused);
+            return link.with_machine(|machine| send_on(machine, payload, limit)).map_err(refused);
         }
         self.sessions.send(peer, payload).map_err(refused)
     }
@@ -387,4 +426,13 @@ impl<L: PeerLink + Clone> HubCore<L> {
         self.absent.clear();
         self.list.drain().into_iter().map(|gone| gone.link).collect()
     }
+}
+
+/// Sends on a connection's machine. A protocol 2 session bounds itself; a protocol 1 peer,
+/// whose messages are not acknowledged, is refused once `limit` frames wait for its socket.
+fn send_on(machine: &mut ServerMachine, payload: Bytes, limit: usize) -> Result<u64, SendRefused> {
+    if machine.version() == Some(MIN_PROTOCOL_VERSION) && machine.queued_frames() >= limit {
+        return Err(SendRefused::Full(payload));
+    }
+    machine.send(payload)
 }

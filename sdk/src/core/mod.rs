@@ -19,7 +19,7 @@ pub use client_machine::{
     ClientMachine, ClientMachineConfig, ConnectionEnd, OutboxLimits, OutboxStatus, ResumeState, SendOptions, MAX_PROBES,
 };
 pub use delivery::{AckAboveSent, Inbound, Numbered, Outbound, Receipt, SequenceGap, DEFAULT_ACK_DELAY};
-pub use hub::{HubConfig, HubCore, Join, PeerLink};
+pub use hub::{HubConfig, HubCore, Join, PeerLink, Welcome};
 pub use miss::{MissCounter, MissWatch, Tick};
 pub use online::{ConnKey, Departed, Eviction, Joined, Observation, OnlineList, PeerInfo};
 pub use server_machine::{ConnEnd, ServerMachine, ServerMachineConfig, ServerMachineEvent, WelcomeTerms};

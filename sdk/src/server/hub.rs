@@ -90,10 +90,10 @@ pub(super) async fn run(
             () = (&mut timer).fuse() => core.handle_timeout(Instant::now()),
             msg = rx.recv().fuse() => {
                 let Ok(msg) = msg else { break false };
-                handle(&mut core, msg);
+                handle(&mut core, msg, &events);
                 for _ in 1..BATCH {
                     let Ok(msg) = rx.try_recv() else { break };
-                    handle(&mut core, msg);
+                    handle(&mut core, msg, &events);
                 }
             }
         }
@@ -129,13 +129,17 @@ fn emit(core: &mut HubCore<Link>, events: &async_channel::Sender<ServerEvent>) {
     }
 }
 
-fn handle(core: &mut HubCore<Link>, msg: HubMsg) {
+fn handle(core: &mut HubCore<Link>, msg: HubMsg, events: &async_channel::Sender<ServerEvent>) {
     let now = Instant::now();
     match msg {
         HubMsg::Join { hello, addr, peer } => {
             let Hello { version, client_id, resume, .. } = hello;
             let join = Join { key: peer.key(), version, client_id, resume, addr };
-            core.join(join, peer, secret_bytes(), now);
+            if let Some(welcome) = core.join(join, peer, secret_bytes(), now) {
+                // `PeerOnline` first: whatever the peer sent comes after it.
+                emit(core, events);
+                welcome.send(now);
+            }
         }
         HubMsg::Leave { key, reason } => core.leave(key, reason, now),
         HubMsg::Online { reply } => {

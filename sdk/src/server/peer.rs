@@ -91,9 +91,12 @@ impl Peer {
     /// the connection task, which is woken for them and for whatever the socket did not take.
     pub(super) fn step<R>(&self, step: impl FnOnce(&mut ServerMachine) -> R) -> R {
         let mut state = self.state();
+        let waited = !state.machine.wants_input();
         let result = step(&mut state.machine);
         let State { machine, id, hello, end, .. } = &mut *state;
-        let mut wake = false;
+        // The connection task stops reading while a `HELLO` waits for the hub: the `WELCOME`
+        // (or anything else that lets the machine take input again) must wake it.
+        let mut wake = waited && machine.wants_input();
         while let Some(event) = machine.poll_event() {
             match event {
                 ServerMachineEvent::Hello { version, client_id, token, resume } => {

@@ -28,7 +28,7 @@ fn bad_input_gets_the_right_error_and_a_healthy_peer_misses_no_pulse() -> anyhow
         let cases: [(bool, &[u8], &str); 12] = [
             (false, b"JUMP 1\n", "malformed"),
             (false, b"DATA 5\nhello", "unexpected"),
-            (false, b"HELLO 2 desk\n", "version"),
+            (false, b"HELLO 3 desk\n", "version"),
             (false, b"HELLO 1 bad/id\n", "bad-id"),
             (false, long_id.as_bytes(), "too-large"),
             (false, b"\xff\xfe\n", "malformed"),

@@ -81,7 +81,7 @@ fn frozen_server_is_detected_by_missed_pulses_and_the_client_reconnects_after_si
 }
 
 #[test]
-fn frozen_client_process_is_evicted_within_the_window_and_leaves_the_online_list() -> anyhow::Result<()> {
+fn frozen_client_process_is_evicted_within_the_window_and_its_session_is_kept_detached() -> anyhow::Result<()> {
     let mut server = DemoServer::start("127.0.0.1:0", &INTERVAL_ARG)?;
     let mut client = start_client_process(server.addr, "frozen-1")?;
     server.process.wait_event(patience(), "online", "frozen-1")?;
@@ -91,7 +91,7 @@ fn frozen_client_process_is_evicted_within_the_window_and_leaves_the_online_list
 
     client.signal(Signal::SIGSTOP)?;
     let frozen = Instant::now();
-    let gone = server.process.wait_event(patience(), "offline", "frozen-1")?;
+    let gone = server.process.wait_event(patience(), "detached", "frozen-1")?;
     let evicted = gone.at - frozen;
     eprintln!(
         "frozen client evicted after {evicted:?} (window after its last frame: {:?}..{:?})",

@@ -30,11 +30,21 @@ fn client_connects_appears_online_pulses_flow_and_messages_go_both_ways() -> any
         // Client to server: the server reports the message and echoes it back.
         client.send("ping from desk-1").await?;
         server.process.wait_for(patience(), |l| l.event() == "message" && l.str("text") == "ping from desk-1")?;
-        next_event(&mut events, patience(), |e| *e == Event::Message("ping from desk-1".into())).await?;
+        next_event(
+            &mut events,
+            patience(),
+            |e| matches!(e, Event::Message { payload, .. } if payload == "ping from desk-1"),
+        )
+        .await?;
 
         // Server to client: a line typed into the server is broadcast.
         server.process.type_line("hello desks")?;
-        next_event(&mut events, patience(), |e| *e == Event::Message("hello desks".into())).await?;
+        next_event(
+            &mut events,
+            patience(),
+            |e| matches!(e, Event::Message { payload, .. } if payload == "hello desks"),
+        )
+        .await?;
 
         // The client's own pulse measures the round trip.
         let rtt = client.probe().await?;

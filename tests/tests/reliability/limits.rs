@@ -69,7 +69,7 @@ fn a_full_server_refuses_newcomers_with_error_full_and_lets_them_in_once_a_peer_
         let (joined, ..) = next_in(
             &mut server_events,
             patience(),
-            |e| matches!(e, ServerEvent::PeerOnline { peer } if peer.id.as_str() == "late"),
+            |e| matches!(e, ServerEvent::PeerOnline { peer, .. } if peer.id.as_str() == "late"),
         )
         .await?;
         assert!(matches!(joined, ServerEvent::PeerOnline { .. }));

@@ -50,7 +50,8 @@ fn is_connected(event: &Event) -> bool {
 
 #[test]
 #[cfg_attr(not(netns_capable), ignore = "needs root, iptables and ip (network namespaces)")]
-fn half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heals() -> anyhow::Result<()> {
+fn half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heals_without_a_loss() -> anyhow::Result<()>
+{
     const INTERVAL: Duration = Duration::from_millis(100);
     const MAX_MISSED: u32 = 3;
     /// Scheduling slack on a loaded 2-core machine, on top of the protocol's windows.
@@ -58,7 +59,7 @@ fn half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heal
     const IN_FLIGHT: usize = 20;
     let _serial = serial();
     in_namespace(
-        "netns::half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heals",
+        "netns::half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heals_without_a_loss",
         |netns, executor| async move {
             let (server, mut server_events) = bind(server_config(INTERVAL).max_missed(MAX_MISSED)).await?;
             let port = server.local_addr().port();
@@ -80,14 +81,19 @@ fn half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heal
             apply(&netns, port, Cut::Drop, true).await?;
             let cut = Instant::now();
             // Messages sent into the dead link are accepted (the client cannot know yet), written
-            // into the socket, and never confirmed: every one must come back.
+            // into the socket, and never acknowledged: the session keeps them for its resume.
+            let mut tickets = Vec::new();
             for n in 0..IN_FLIGHT {
-                client.send(format!("into the void {n}")).await?;
+                tickets.push(client.send(format!("into the void {n}")).await?);
             }
+            let (session_before, _) = match client.state() {
+                State::Online { session, misses } => (session, misses),
+                other => anyhow::bail!("not online before the cut: {other:?}"),
+            };
 
             let (client_side, server_side) = futures::join!(
                 next_event(&mut events, patience(), |e| matches!(e, Event::Disconnected { .. })),
-                next_in(&mut server_events, patience(), |e| matches!(e, ServerEvent::PeerOffline { .. })),
+                next_in(&mut server_events, patience(), |e| matches!(e, ServerEvent::PeerDetached { .. })),
             );
             let (lost, lost_at, before) = client_side?;
             let (evicted, evicted_at, server_before) = server_side?;
@@ -109,16 +115,14 @@ fn half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heal
             // The last pulse came at most one interval before the cut.
             assert!(lost_at - cut >= INTERVAL * (MAX_MISSED - 1), "declared too early: {client_took:?}");
             assert!(client_took <= INTERVAL * (MAX_MISSED + 1) + MARGIN, "declared too late: {client_took:?}");
-            // Nothing written into the dead link is lost: all of it comes back, in order.
-            let undelivered: Vec<_> = before
-                .iter()
-                .filter_map(|e| if let Event::Undelivered(p) = e { Some(p.clone()) } else { None })
-                .collect();
-            let expected: Vec<_> = (0..IN_FLIGHT).map(|n| bytes::Bytes::from(format!("into the void {n}"))).collect();
-            assert_eq!(undelivered, expected, "every message sent into the cut link is handed back");
+            // Nothing written into the dead link is handed back: the session keeps it.
+            assert!(
+                !before.iter().any(|e| matches!(e, Event::Undelivered { .. } | Event::Delivered { .. })),
+                "the messages in the cut link have no outcome yet: {before:?}"
+            );
 
-            // The server: by its pulse loop's miss counter.
-            let ServerEvent::PeerOffline { reason, .. } = &evicted else { unreachable!("matched above") };
+            // The server: by its pulse loop's miss counter; the session is kept, detached.
+            let ServerEvent::PeerDetached { reason, .. } = &evicted else { unreachable!("matched above") };
             assert_eq!(reason, &OfflineReason::Timeout { misses: MAX_MISSED + 1 });
             assert!(evicted_at - cut >= INTERVAL * MAX_MISSED, "evicted too early: {server_took:?}");
             assert!(server_took <= INTERVAL * (MAX_MISSED + 2) + MARGIN, "evicted too late: {server_took:?}");
@@ -137,17 +141,36 @@ fn half_open_link_is_detected_by_both_sides_within_the_protocol_windows_and_heal
             };
             next_event(&mut events, patience(), timed_out).await?;
 
-            // Lift the rule: the client is back, once, under a new session.
+            // Lift the rule: the client is back, once, in the same session, resumed.
             apply(&netns, port, Cut::Drop, false).await?;
             let lifted = Instant::now();
             let (back, back_at, _) = next_event(&mut events, patience(), is_connected).await?;
             eprintln!("online again {:?} after the rule was lifted", back_at - lifted);
             let (online, ..) =
                 next_in(&mut server_events, patience(), |e| matches!(e, ServerEvent::PeerOnline { .. })).await?;
-            let (Event::Connected { session, .. }, ServerEvent::PeerOnline { peer }) = (&back, &online) else {
+            let (Event::Connected { session, resumed, .. }, ServerEvent::PeerOnline { peer, resumed: peer_resumed }) =
+                (&back, &online)
+            else {
                 unreachable!("matched above")
             };
-            assert_eq!(&peer.session, session);
+            assert!(*resumed && *peer_resumed, "the session resumed on both sides");
+            assert_eq!((&peer.session, session), (&session_before, &session_before));
+
+            // What was in the cut link arrives now, once each and in order, and is acknowledged.
+            let mut received = Vec::new();
+            while received.len() < IN_FLIGHT {
+                let (message, ..) =
+                    next_in(&mut server_events, patience(), |e| matches!(e, ServerEvent::Message { .. })).await?;
+                if let ServerEvent::Message { payload, .. } = message {
+                    received.push(payload);
+                }
+            }
+            let expected: Vec<_> = (0..IN_FLIGHT).map(|n| bytes::Bytes::from(format!("into the void {n}"))).collect();
+            assert_eq!(received, expected, "every message sent into the cut link arrives once, in order");
+            let last = *tickets.last().expect("sent");
+            next_event(&mut events, patience(), |e| matches!(e, Event::Delivered { up_to, .. } if *up_to == last))
+                .await?;
+            assert!(server_events.try_next().is_none_or(|e| !matches!(e, ServerEvent::Message { .. })), "no duplicate");
             let ids: Vec<_> = server.online().await.into_iter().map(|p| p.id.as_str().to_owned()).collect();
             assert_eq!(ids, vec!["half-open".to_owned()]);
 
@@ -194,7 +217,7 @@ fn flapping_link_leaks_no_descriptor_and_no_task_and_ends_online() -> anyhow::Re
                 let cut_at = Instant::now();
                 let (lost, gone) = futures::join!(
                     next_event(&mut events, patience(), |e| matches!(e, Event::Disconnected { .. })),
-                    next_in(&mut server_events, patience(), |e| matches!(e, ServerEvent::PeerOffline { .. })),
+                    next_in(&mut server_events, patience(), |e| matches!(e, ServerEvent::PeerDetached { .. })),
                 );
                 let (_, lost_at, _) = lost.map_err(|e| e.context(format!("cycle {cycle} ({cut:?}): client")))?;
                 gone.map_err(|e| e.context(format!("cycle {cycle} ({cut:?}): server")))?;
