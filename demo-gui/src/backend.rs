@@ -8,20 +8,32 @@
 //! - the worker thread: commands, and every 250 ms the online list and the extra clients'
 //!   states (sent only when they changed);
 //! - per main client: one thread forwarding its events, one probing the round trip each second;
-//! - per embedded server: one thread forwarding its events and echoing messages back.
+//! - per embedded server: one thread that is the server's application: it forwards the
+//!   server's events, echoes messages back, and sends the stream's server → client messages;
+//! - the stream thread: while the stream switch is on, it sends the stream's client → server
+//!   messages and tells the server's thread when to send the next one of its own.
+//!
+//! Every send to the main client's peer happens on the server's thread, in one sequence with
+//! the server's events, so the model can tell which message each of the server's
+//! acknowledgements is about (see [`ServerSends`](crate::ledger::ServerSends)).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use futures::channel::mpsc as async_mpsc;
 use futures::executor::block_on;
-use futures::StreamExt;
+use futures::{future, stream, StreamExt};
+use pulsewire::core::{KeptSession, OutboxStatus, SendOptions};
+use pulsewire::protocol::ClientId;
 use pulsewire::{Client, Events, PeerInfo, Server, ServerEvent, ServerEvents, State};
 
 use crate::feed::{ExtraCounts, Feed, Input, ServerStatus};
+use crate::ledger::Sent;
 use crate::relay::{Blackhole, Relay};
 use crate::settings::{Settings, Target};
+use crate::stream::{self as numbered, Direction};
 
 /// How often the online list and the extra clients' states are read.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -49,6 +61,8 @@ pub enum Command {
     Close,
     /// Send a text message from the main client.
     Send(String),
+    /// Turn the stream of numbered messages both ways on or off.
+    SetStream(bool),
     /// Black-hole directions of the relay, or restore them.
     SetBlackhole(Blackhole),
     /// Cut every connection through the relay: both sides see a close.
@@ -111,11 +125,23 @@ struct Worker {
     server: Option<Server>,
     /// The embedded server's port, kept across restarts (0 until it first ran).
     port: u16,
+    /// Which run of the embedded server is the current one (0 before the first).
+    instance: u64,
     client: Option<Client>,
     generation: u64,
     extras: Vec<Client>,
+    stream: Option<StreamThread>,
     last_online: Option<Vec<PeerInfo>>,
+    /// The detached sessions as last reported, each with the moment it ends.
+    last_detached: Option<Vec<(KeptSession, Instant)>>,
+    last_outbox: Option<OutboxStatus>,
     last_extras: ExtraCounts,
+}
+
+/// The stream thread and the way to it.
+struct StreamThread {
+    control: Sender<StreamControl>,
+    thread: JoinHandle<()>,
 }
 
 impl Worker {
@@ -126,11 +152,34 @@ impl Worker {
             relay: None,
             server: None,
             port: 0,
+            instance: 0,
             client: None,
             generation: 0,
             extras: Vec::new(),
+            stream: None,
             last_online: None,
+            last_detached: None,
+            last_outbox: None,
             last_extras: ExtraCounts::default(),
+        }
+    }
+
+    /// Tells the stream thread something (it is started on first use).
+    fn tell_stream(&mut self, control: StreamControl) {
+        if self.stream.is_none() {
+            let (tx, rx) = mpsc::channel();
+            let feed = self.feed.clone();
+            match thread::Builder::new().name("stream".into()).spawn(move || Pacer::new(feed).run(&rx)) {
+                Ok(thread) => self.stream = Some(StreamThread { control: tx, thread }),
+                Err(error) => {
+                    self.feed.note(format!("cannot start the stream thread: {error}"));
+                    return;
+                }
+            }
+        }
+        if let Some(stream) = &self.stream {
+            // Fails only if the thread panicked; the stream then just stops.
+            let _ = stream.control.send(control);
         }
     }
 
@@ -169,21 +218,14 @@ impl Worker {
                     self.start_server();
                 }
             }
-            Command::StopServer => {
-                if let Some(server) = self.server.take() {
-                    block_on(server.shutdown());
-                    self.feed.send(Input::Server(ServerStatus::Stopped));
-                }
-            }
+            Command::StopServer => self.stop_server(),
             Command::RestartServer => {
-                if let Some(server) = self.server.take() {
-                    block_on(server.shutdown());
-                    self.feed.send(Input::Server(ServerStatus::Stopped));
-                }
+                self.stop_server();
                 self.start_server();
             }
             Command::KillServer => {
                 if let Some(server) = self.server.take() {
+                    self.tell_stream(StreamControl::Server(None));
                     block_on(server.abort());
                     self.feed.send(Input::Server(ServerStatus::Killed));
                 }
@@ -191,6 +233,7 @@ impl Worker {
             Command::Connect => self.connect(),
             Command::Close => self.close_client(),
             Command::Send(text) => self.send(text),
+            Command::SetStream(on) => self.set_stream(on),
             Command::SetBlackhole(blackhole) => {
                 if let Some(relay) = &self.relay {
                     relay.set_blackhole(blackhole);
@@ -218,7 +261,24 @@ impl Worker {
         }
     }
 
-    /// Binds the embedded server on its port and starts forwarding its events.
+    /// Stops the embedded server gracefully, if it runs.
+    fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.tell_stream(StreamControl::Server(None));
+            block_on(server.shutdown());
+            self.feed.send(Input::Server(ServerStatus::Stopped));
+        }
+    }
+
+    fn set_stream(&mut self, on: bool) {
+        if on && self.settings.target != Target::Embedded {
+            self.feed.note("the stream needs the embedded server: its receiver counts what arrives");
+            return;
+        }
+        self.tell_stream(StreamControl::Run(on));
+    }
+
+    /// Binds the embedded server on its port and starts its application thread.
     fn start_server(&mut self) {
         let config = match self.settings.server_config(self.port) {
             Ok(config) => config,
@@ -227,18 +287,23 @@ impl Worker {
                 return;
             }
         };
-        let (interval, max_missed) = (config.interval(), config.max_missed());
+        let (interval, max_missed, keep) = (config.interval(), config.max_missed(), config.keep());
         match block_on(Server::bind(config)) {
             Ok((server, events)) => {
                 let addr = server.local_addr();
                 self.port = addr.port();
-                spawn(&self.feed, "server-events", {
+                self.instance += 1;
+                let instance = self.instance;
+                let (ticks_tx, ticks) = async_mpsc::unbounded();
+                spawn(&self.feed, "server-app", {
                     let (server, feed) = (server.clone(), self.feed.clone());
-                    move || forward_server_events(&server, events, &feed)
+                    move || serve(&server, events, ticks, instance, &feed)
                 });
                 self.server = Some(server);
                 self.last_online = None;
-                self.feed.send(Input::Server(ServerStatus::Running { addr, interval, max_missed }));
+                self.last_detached = None;
+                self.feed.send(Input::Server(ServerStatus::Running { addr, interval, max_missed, keep }));
+                self.tell_stream(StreamControl::Server(Some(ticks_tx)));
                 self.point_relay();
             }
             Err(error) => {
@@ -321,12 +386,15 @@ impl Worker {
             let (client, feed) = (client.clone(), self.feed.clone());
             move || probe_loop(&client, generation, &feed)
         });
+        self.last_outbox = None;
+        self.tell_stream(StreamControl::Client(Some((generation, client.clone()))));
         self.client = Some(client);
     }
 
     fn close_client(&mut self) {
         if let Some(client) = self.client.take() {
             block_on(client.close());
+            self.tell_stream(StreamControl::Client(None));
         }
     }
 
@@ -335,8 +403,15 @@ impl Worker {
             self.feed.note("not sent: no client (press Connect)");
             return;
         };
+        if Direction::looks_like_stream(&text) {
+            self.feed.note(format!("not sent: texts that start with \"c2s \" or \"s2c \" are the stream's: {text:?}"));
+            return;
+        }
         match client.try_send(text.clone()) {
-            Ok(()) => self.feed.note(format!("sent {text:?}")),
+            Ok(ticket) => {
+                let generation = self.generation;
+                self.feed.send(Input::ClientSent { generation, ticket: ticket.get(), sent: Sent::Text(text) });
+            }
             Err(error) => self.feed.note(format!("{error}: {text:?}")),
         }
     }
@@ -379,11 +454,11 @@ impl Worker {
         let before = std::mem::replace(&mut self.settings, settings);
         self.feed.note("settings applied");
         let embedded = self.settings.target == Target::Embedded;
+        if !embedded {
+            self.tell_stream(StreamControl::Run(false));
+        }
         if embedded && (self.server.is_none() || before.server_changed(&self.settings)) {
-            if let Some(server) = self.server.take() {
-                block_on(server.shutdown());
-                self.feed.send(Input::Server(ServerStatus::Stopped));
-            }
+            self.stop_server();
             self.start_server();
         }
         self.point_relay();
@@ -400,13 +475,28 @@ impl Worker {
         }
     }
 
-    /// Reads the online list and the extra clients' states; reports what changed.
+    /// Reads the online list, the detached sessions, the main client's outbox and the extra
+    /// clients' states; reports what changed.
     fn poll(&mut self) {
         if let Some(server) = &self.server {
             let peers = block_on(server.online());
             if self.last_online.as_deref().is_none_or(|last| !same_view(last, &peers)) {
                 self.feed.send(Input::Online(peers.clone()));
                 self.last_online = Some(peers);
+            }
+            let now = Instant::now();
+            let detached: Vec<(KeptSession, Instant)> =
+                block_on(server.detached()).into_iter().map(|kept| (kept.clone(), now + kept.left)).collect();
+            if self.last_detached.as_deref().is_none_or(|last| !same_sessions(last, &detached)) {
+                self.feed.send(Input::Detached(detached.iter().map(|(kept, _)| kept.clone()).collect()));
+                self.last_detached = Some(detached);
+            }
+        }
+        if let Some(client) = &self.client {
+            let status = client.outbox();
+            if self.last_outbox != Some(status) {
+                self.feed.send(Input::Outbox { generation: self.generation, status });
+                self.last_outbox = Some(status);
             }
         }
         let counts = count_states(&self.extras);
@@ -418,12 +508,29 @@ impl Worker {
 
     fn quit(&mut self) {
         self.stop_extras();
+        // Closing the client first ends a stream send that waits for room in its outbox.
         self.close_client();
+        if let Some(stream) = self.stream.take() {
+            drop(stream.control);
+            let _ = stream.thread.join();
+        }
         if let Some(server) = self.server.take() {
             block_on(server.shutdown());
         }
         self.relay = None;
     }
+}
+
+/// Whether two lists of detached sessions look the same on screen: the same sessions holding
+/// the same messages, ending at the same moment (give or take the time a poll takes).
+fn same_sessions(a: &[(KeptSession, Instant)], b: &[(KeptSession, Instant)]) -> bool {
+    const SLACK: Duration = Duration::from_millis(100);
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((a, a_ends), (b, b_ends))| {
+            let ends_apart = a_ends.max(b_ends).saturating_duration_since(*a_ends.min(b_ends));
+            (&a.client_id, &a.session, a.queued, a.bytes) == (&b.client_id, &b.session, b.queued, b.bytes)
+                && ends_apart <= SLACK
+        })
 }
 
 fn backoff(settings: &Settings) -> (u64, u64, f64, f64) {
@@ -447,7 +554,7 @@ fn count_states(clients: &[Client]) -> ExtraCounts {
             State::Online { .. } => counts.online += 1,
             State::Connecting { .. } => counts.connecting += 1,
             State::BackingOff { .. } => counts.backing_off += 1,
-            State::Offline | State::Closed { .. } => {}
+            _ => {}
         }
     }
     counts
@@ -481,17 +588,169 @@ fn probe_loop(client: &Client, generation: u64, feed: &Feed) {
     }
 }
 
-/// Forwards the embedded server's events and echoes each message to its sender, as
-/// `demo-server` does, until the server stops.
-fn forward_server_events(server: &Server, mut events: ServerEvents, feed: &Feed) {
-    block_on(async {
-        while let Some(event) = events.next().await {
-            if let ServerEvent::Message { peer, payload } = &event {
-                if let Err(error) = server.send(peer, payload.clone()).await {
-                    feed.note(format!("echo to {peer} failed: {error}"));
+/// What the stream thread is told.
+enum StreamControl {
+    /// The switch.
+    Run(bool),
+    /// The main client to stream from (none while there is no client).
+    Client(Option<(u64, Client)>),
+    /// The running embedded server's application thread, to be told when to send (none while
+    /// no embedded server runs).
+    Server(Option<async_mpsc::UnboundedSender<Tick>>),
+}
+
+/// The server's turn to send stream number `n` to the main client `to`.
+#[derive(Debug)]
+struct Tick {
+    to: ClientId,
+    n: u64,
+}
+
+/// The stream thread: [`numbered::RATE`] times a second, while the switch is on, it sends the
+/// next client → server number with `Client::send` and hands the server's thread the next
+/// server → client number.
+///
+/// Every number is tried once: one the SDK refuses (`SendError`, `ServerSendError`) is
+/// reported as refused, so that the receiver's check knows it never left.
+struct Pacer {
+    feed: Feed,
+    on: bool,
+    client: Option<(u64, Client)>,
+    /// The main client's id, kept while there is no client: the server still sends to it
+    /// (to its detached session, or refused).
+    to: Option<ClientId>,
+    server: Option<async_mpsc::UnboundedSender<Tick>>,
+    /// The next number, per direction.
+    next: [u64; 2],
+}
+
+impl Pacer {
+    fn new(feed: Feed) -> Pacer {
+        Pacer { feed, on: false, client: None, to: None, server: None, next: [1, 1] }
+    }
+
+    fn run(mut self, control: &Receiver<StreamControl>) {
+        let mut due = Instant::now();
+        loop {
+            let message = if self.on {
+                control.recv_timeout(due.saturating_duration_since(Instant::now()))
+            } else {
+                control.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            match message {
+                Ok(StreamControl::Run(on)) => {
+                    if on != self.on {
+                        self.on = on;
+                        due = Instant::now();
+                        self.feed.send(Input::Streaming(on));
+                    }
                 }
+                Ok(StreamControl::Client(client)) => {
+                    if let Some((_, client)) = &client {
+                        self.to = Some(client.config().client_id().clone());
+                    }
+                    self.client = client;
+                }
+                Ok(StreamControl::Server(server)) => self.server = server,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.tick();
+                    // A tick that waited (a full outbox) is not made up for: the rate stays steady.
+                    let now = Instant::now();
+                    while due <= now {
+                        due += numbered::EVERY;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            feed.send(Input::ServerEvent(event));
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Some((generation, client)) = &self.client {
+            let direction = Direction::ClientToServer;
+            let n = self.next[direction.index()];
+            self.next[direction.index()] += 1;
+            let options = SendOptions::new().ttl(numbered::TTL);
+            // Waits only while the client is online and its outbox full: the stream slows down.
+            match block_on(client.send_with(direction.payload(n), options)) {
+                Ok(ticket) => {
+                    let sent = Sent::Stream(n);
+                    self.feed.send(Input::ClientSent { generation: *generation, ticket: ticket.get(), sent });
+                }
+                Err(error) => self.feed.send(Input::StreamRefused { direction, n, reason: error.to_string() }),
+            }
+        }
+        if let (Some(server), Some(to)) = (&self.server, &self.to) {
+            let index = Direction::ServerToClient.index();
+            let n = self.next[index];
+            if server.unbounded_send(Tick { to: to.clone(), n }).is_ok() {
+                self.next[index] += 1;
+            } else {
+                // The server's thread has finished: the server stopped.
+                self.server = None;
+            }
+        }
+    }
+}
+
+/// What wakes the embedded server's application thread.
+enum Wake {
+    Event(ServerEvent),
+    Tick(Tick),
+    Ended,
+}
+
+/// The embedded server's application, until the server stops: forwards its events, echoes
+/// each message that is not the stream's to its sender (as `demo-server` does), and sends the
+/// stream's server → client numbers when told. Every send and every event is reported in the
+/// order this thread saw them.
+fn serve(
+    server: &Server,
+    events: ServerEvents,
+    mut ticks: async_mpsc::UnboundedReceiver<Tick>,
+    instance: u64,
+    feed: &Feed,
+) {
+    block_on(async {
+        let events = events.map(Wake::Event).chain(stream::once(future::ready(Wake::Ended)));
+        let mut wakes = stream::select(events, (&mut ticks).map(Wake::Tick));
+        while let Some(wake) = wakes.next().await {
+            match wake {
+                Wake::Event(event) => {
+                    let echo = match &event {
+                        ServerEvent::Message { peer, payload, .. }
+                            if Direction::ClientToServer.number(payload).is_none() =>
+                        {
+                            Some((peer.clone(), payload.clone()))
+                        }
+                        _ => None,
+                    };
+                    feed.send(Input::ServerEvent { instance, event });
+                    if let Some((peer, payload)) = echo {
+                        let sent = Sent::Text(String::from_utf8_lossy(&payload).into_owned());
+                        match server.send(&peer, payload).await {
+                            Ok(seq) => feed.send(Input::ServerSent { instance, peer, seq, sent }),
+                            Err(error) => feed.note(format!("echo to {peer} failed: {error}")),
+                        }
+                    }
+                }
+                Wake::Tick(Tick { to, n }) => {
+                    let direction = Direction::ServerToClient;
+                    match server.send(&to, direction.payload(n)).await {
+                        Ok(seq) => feed.send(Input::ServerSent { instance, peer: to, seq, sent: Sent::Stream(n) }),
+                        Err(error) => feed.send(Input::StreamRefused { direction, n, reason: error.to_string() }),
+                    }
+                }
+                Wake::Ended => break,
+            }
         }
     });
+    // Numbers handed over that this thread will never send: the stream thread learns from the
+    // closed channel, the model from these refusals.
+    ticks.close();
+    while let Ok(Tick { n, .. }) = ticks.try_recv() {
+        let reason = "not sent: the server has stopped".to_owned();
+        feed.send(Input::StreamRefused { direction: Direction::ServerToClient, n, reason });
+    }
+    feed.send(Input::ServerEnded { instance });
 }

@@ -16,9 +16,13 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulsewire::core::{KeptSession, OutboxStatus};
+use pulsewire::protocol::ClientId;
 use pulsewire::{Event, PeerInfo, ProbeError, ServerEvent};
 
+use crate::ledger::Sent;
 use crate::relay::Blackhole;
+use crate::stream::Direction;
 
 /// Something the UI should know, as a background thread reports it.
 #[derive(Debug, Clone)]
@@ -48,12 +52,63 @@ pub enum Input {
         /// The round trip, or why there is none.
         result: Result<Duration, ProbeError>,
     },
+    /// The main client accepted a message (a stream number or a text typed in).
+    ClientSent {
+        /// Which client.
+        generation: u64,
+        /// The ticket its events will name the message by.
+        ticket: u64,
+        /// What the message was.
+        sent: Sent,
+    },
+    /// The main client's outbox, when it changed.
+    Outbox {
+        /// Which client.
+        generation: u64,
+        /// Queued, unacknowledged, bytes.
+        status: OutboxStatus,
+    },
     /// The embedded server state changed.
     Server(ServerStatus),
     /// An event of the embedded server.
-    ServerEvent(ServerEvent),
+    ServerEvent {
+        /// Which run of the embedded server (each start is a new one).
+        instance: u64,
+        /// The event.
+        event: ServerEvent,
+    },
+    /// The embedded server accepted a message for a peer.
+    ServerSent {
+        /// Which run of the embedded server.
+        instance: u64,
+        /// The peer.
+        peer: ClientId,
+        /// The message's number in the peer's session.
+        seq: u64,
+        /// What the message was.
+        sent: Sent,
+    },
+    /// The embedded server's events ended: it stopped or was killed, and will say no more
+    /// about the messages it accepted.
+    ServerEnded {
+        /// Which run of the embedded server.
+        instance: u64,
+    },
     /// The embedded server's online list changed.
     Online(Vec<PeerInfo>),
+    /// The embedded server's detached sessions changed (their time left aside).
+    Detached(Vec<KeptSession>),
+    /// The stream switch was turned on or off.
+    Streaming(bool),
+    /// A stream number that the sender's SDK refused at once: it was never sent.
+    StreamRefused {
+        /// Its direction.
+        direction: Direction,
+        /// The number.
+        n: u64,
+        /// Why, in the SDK's words.
+        reason: String,
+    },
     /// The extra clients' states, counted.
     Extras(ExtraCounts),
     /// The fault relay: where it listens and what it black-holes.
@@ -73,6 +128,9 @@ pub const PROMPTLY: Duration = Duration::from_millis(15);
 /// How soon the UI shows routine news.
 pub const ROUTINELY: Duration = Duration::from_secs(1);
 
+/// How soon the UI shows message traffic (about four frames a second while the stream runs).
+pub const LIVELY: Duration = Duration::from_millis(250);
+
 impl Input {
     /// How soon the UI should show this input.
     pub fn show_within(&self) -> Duration {
@@ -80,7 +138,14 @@ impl Input {
             Input::Client { event: Event::Pulse { misses_reset: 0, .. }, .. }
             | Input::Probe { .. }
             | Input::Online(_)
+            | Input::Detached(_)
+            | Input::Outbox { .. }
             | Input::Extras(_) => ROUTINELY,
+            Input::Client { event: Event::Message { .. } | Event::Delivered { .. }, .. }
+            | Input::ServerEvent { event: ServerEvent::Message { .. } | ServerEvent::Delivered { .. }, .. }
+            | Input::ClientSent { .. }
+            | Input::ServerSent { .. }
+            | Input::StreamRefused { .. } => LIVELY,
             _ => PROMPTLY,
         }
     }
@@ -97,6 +162,8 @@ pub enum ServerStatus {
         interval: Duration,
         /// Its miss limit.
         max_missed: u32,
+        /// How long it keeps a session whose connection is lost.
+        keep: Duration,
     },
     /// Stopped gracefully (every peer got `BYE shutdown`).
     Stopped,
@@ -215,5 +282,15 @@ mod tests {
         assert_eq!(missed.show_within(), PROMPTLY);
         assert_eq!(forgiving_pulse.show_within(), PROMPTLY, "Suspect turns Online at once");
         assert_eq!(Input::Note("x".into()).show_within(), PROMPTLY);
+    }
+
+    #[test]
+    fn message_traffic_is_shown_a_few_times_a_second() {
+        let message = Input::Client { generation: 1, event: Event::Message { seq: 3, payload: "s2c 3".into() } };
+        let sent = Input::ClientSent { generation: 1, ticket: 3, sent: Sent::Stream(3) };
+        let ended = Input::ServerEnded { instance: 1 };
+        assert_eq!(message.show_within(), LIVELY);
+        assert_eq!(sent.show_within(), LIVELY);
+        assert_eq!(ended.show_within(), PROMPTLY, "messages gone with a server are news");
     }
 }

@@ -7,6 +7,9 @@
 //! - [`feed`]: the channel from the background threads to the UI, which wakes the UI;
 //! - [`backend`]: the worker that owns the embedded server, the fault relay and the clients;
 //! - [`relay`]: the local TCP relay that black-holes bytes without closing anything;
+//! - [`stream`], [`ledger`], [`delivery`]: protocol 2's promises checked live — numbered
+//!   messages both ways, each message's outcome as its sender learns it, and what was lost
+//!   or duplicated;
 //! - [`settings`]: what the user can change, turned into SDK configurations;
 //! - [`words`]: SDK reasons in plain words;
 //! - [`history`]: time series for the charts;
@@ -14,11 +17,14 @@
 
 pub mod app;
 pub mod backend;
+pub mod delivery;
 pub mod feed;
 pub mod history;
+pub mod ledger;
 pub mod model;
 pub mod relay;
 pub mod settings;
+pub mod stream;
 mod ui;
 pub mod words;
 

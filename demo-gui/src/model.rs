@@ -8,11 +8,15 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use pulsewire::core::{KeptSession, OutboxStatus};
 use pulsewire::{Event, PeerInfo, ProbeError, ServerEvent};
 
+use crate::delivery::Delivery;
 use crate::feed::{ExtraCounts, Input, ServerStatus, Stamped};
 use crate::history::{Series, WINDOW};
+use crate::ledger::{Outcome, Sent};
 use crate::relay::Blackhole;
+use crate::stream::{self, Direction};
 use crate::words;
 
 /// How many lines the event log keeps.
@@ -185,6 +189,56 @@ pub struct LastDisconnect {
     pub detail: String,
 }
 
+/// The last completed handshake: did the server resume the session or open a fresh one?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastConnect {
+    /// When.
+    pub at: Instant,
+    /// The session id.
+    pub session: String,
+    /// Whether the server resumed the session the client had.
+    pub resumed: bool,
+}
+
+/// How many handshakes resumed a session and how many opened a fresh one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connects {
+    /// Fresh sessions (the first connect is one).
+    pub fresh: u32,
+    /// Resumed sessions.
+    pub resumed: u32,
+}
+
+/// Stream messages the client got back since its last connect, told in one log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HandedBack {
+    maybe_delivered: u64,
+    not_delivered: u64,
+    expired: u64,
+}
+
+impl HandedBack {
+    fn words(self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.maybe_delivered, "handed back as maybe delivered"),
+            (self.not_delivered, "handed back as not delivered"),
+            (self.expired, "expired unwritten"),
+        ]
+        .into_iter()
+        .filter(|&(count, _)| count > 0)
+        .map(|(count, what)| format!("{count} stream message(s) {what}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// A detached session and the moment it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Kept {
+    session: KeptSession,
+    ends: Instant,
+}
+
 /// Everything the window shows.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -213,6 +267,13 @@ pub struct Model {
     peers: Vec<PeerInfo>,
     relay: Option<(SocketAddr, Blackhole)>,
     extras: ExtraCounts,
+    last_connect: Option<LastConnect>,
+    connects: Connects,
+    handed_back: HandedBack,
+    outbox: Option<OutboxStatus>,
+    detached: Vec<Kept>,
+    streaming: bool,
+    delivery: Delivery,
 }
 
 impl Model {
@@ -246,6 +307,13 @@ impl Model {
             peers: Vec::new(),
             relay: None,
             extras: ExtraCounts::default(),
+            last_connect: None,
+            connects: Connects::default(),
+            handed_back: HandedBack::default(),
+            outbox: None,
+            detached: Vec::new(),
+            streaming: false,
+            delivery: Delivery::default(),
         }
     }
 
@@ -263,12 +331,23 @@ impl Model {
                 self.session = None;
                 self.connected_at = None;
                 self.last_pulse = None;
+                self.outbox = None;
+                self.delivery.forget_settled_clients(generation);
                 let route = if via_relay { " through the fault relay" } else { "" };
                 self.note(at, Source::App, format!("client {client_id} started: connects to {target}{route}"));
             }
-            Input::Client { generation, event } => {
+            Input::Client { generation, event } => self.client_event(at, generation, event),
+            Input::ClientSent { generation, ticket, sent } => {
+                if let Sent::Text(text) = &sent {
+                    self.note(at, Source::App, format!("sent {} (ticket #{ticket})", quote(text.as_bytes())));
+                }
+                if let Some(text) = self.delivery.client_sent(generation, ticket, sent, at) {
+                    self.note(at, Source::Client, format!("the server has {}", quote(text.as_bytes())));
+                }
+            }
+            Input::Outbox { generation, status } => {
                 if self.generation == Some(generation) {
-                    self.client_event(at, event);
+                    self.outbox = Some(status);
                 }
             }
             Input::Probe { generation, result } => {
@@ -280,8 +359,32 @@ impl Model {
                 }
             }
             Input::Server(status) => self.server_status(at, status),
-            Input::ServerEvent(event) => self.server_event(at, event),
+            Input::ServerEvent { instance, event } => self.server_event(at, instance, event),
+            Input::ServerSent { instance, peer, seq, sent } => {
+                self.delivery.server_sent(instance, peer.as_str(), seq, sent, at);
+            }
+            Input::ServerEnded { instance } => {
+                let gone = self.delivery.server_ended(instance, at);
+                if gone > 0 {
+                    let line =
+                        format!("{gone} message(s) the stopped server had accepted and never settled are gone with it");
+                    self.note(at, Source::Server, line);
+                }
+            }
             Input::Online(peers) => self.online(at, peers),
+            Input::Detached(sessions) => {
+                self.detached = sessions.into_iter().map(|session| Kept { ends: at + session.left, session }).collect();
+            }
+            Input::Streaming(on) => {
+                self.streaming = on;
+                let line = if on {
+                    format!("stream on: {} numbered messages a second each way", stream::RATE)
+                } else {
+                    "stream off".to_owned()
+                };
+                self.note(at, Source::App, line);
+            }
+            Input::StreamRefused { direction, n, reason } => self.delivery.refused(direction, n, reason),
             Input::Extras(counts) => self.extras = counts,
             Input::Relay { addr, blackhole } => {
                 let before = self.relay.map(|(_, blackhole)| blackhole);
@@ -296,13 +399,56 @@ impl Model {
         self.prune(at);
     }
 
-    fn client_event(&mut self, at: Instant, event: Event) {
+    fn client_event(&mut self, at: Instant, generation: u64, event: Event) {
+        // What a message became is counted whichever client it was (an old one hands its
+        // messages back as it closes); everything else is about the current one only.
+        let current = self.generation == Some(generation);
         let line = match event {
+            Event::Message { seq, payload } => {
+                if self.delivery.received(Direction::ServerToClient, &payload, at) {
+                    return;
+                }
+                format!("message {seq} from the server: {}", quote(&payload))
+            }
+            Event::Delivered { up_to, .. } => {
+                let texts = self.delivery.client_delivered(generation, up_to.get(), at);
+                for text in texts {
+                    self.note(at, Source::Client, format!("the server has {}", quote(text.as_bytes())));
+                }
+                return;
+            }
+            Event::Expired { ticket, payload } => {
+                match self.delivery.client_handed_back(generation, ticket.get(), &payload, Outcome::Expired, at) {
+                    Sent::Stream(_) => {
+                        self.handed_back.expired += 1;
+                        return;
+                    }
+                    Sent::Text(_) => format!("expired before it could be written: {}", quote(&payload)),
+                }
+            }
+            Event::Undelivered { ticket, payload, maybe_delivered } => {
+                let outcome = Outcome::handed_back(maybe_delivered);
+                match self.delivery.client_handed_back(generation, ticket.get(), &payload, outcome, at) {
+                    Sent::Stream(_) if maybe_delivered => {
+                        self.handed_back.maybe_delivered += 1;
+                        return;
+                    }
+                    Sent::Stream(_) => {
+                        self.handed_back.not_delivered += 1;
+                        return;
+                    }
+                    Sent::Text(_) if maybe_delivered => {
+                        format!("handed back, maybe delivered (the server may have it): {}", quote(&payload))
+                    }
+                    Sent::Text(_) => format!("handed back, never sent: {}", quote(&payload)),
+                }
+            }
+            _ if !current => return,
             Event::Connecting { attempt } => {
                 self.conn = Conn::Connecting { attempt };
                 format!("connecting (attempt {attempt})")
             }
-            Event::Connected { session, interval, max_missed } => {
+            Event::Connected { session, resumed, interval, max_missed } => {
                 self.conn = Conn::Online;
                 self.misses = 0;
                 self.session = Some(session.to_string());
@@ -313,10 +459,21 @@ impl Model {
                     self.markers.push_back(Marker { at, kind: MarkerKind::Reconnect });
                 }
                 self.ever_connected = true;
-                format!(
-                    "connected: session {session}, pulse every {} ms, at most {max_missed} missed",
+                self.last_connect = Some(LastConnect { at, session: session.to_string(), resumed });
+                if resumed {
+                    self.connects.resumed += 1;
+                } else {
+                    self.connects.fresh += 1;
+                }
+                let kind = if resumed { "resumed session" } else { "fresh session" };
+                let mut line = format!(
+                    "connected: {kind} {session}, pulse every {} ms, at most {max_missed} missed",
                     interval.as_millis()
-                )
+                );
+                if let Some(back) = std::mem::take(&mut self.handed_back).words() {
+                    line.push_str(&format!("; {back}"));
+                }
+                line
             }
             Event::Pulse { seq, misses_reset } => {
                 self.misses = 0;
@@ -351,23 +508,29 @@ impl Model {
                     words::seconds(&elapsed)
                 )
             }
-            Event::Message(payload) => format!("message from the server: {}", quote(&payload)),
-            Event::Undelivered(payload) => format!("not delivered (the connection ended first): {}", quote(&payload)),
             Event::Closed { reason } => {
                 self.conn = Conn::Closed { reason: words::close(&reason) };
                 self.misses = 0;
                 self.session = None;
-                format!("closed: {reason}")
+                self.outbox = None;
+                let mut line = format!("closed: {reason}");
+                if let Some(back) = std::mem::take(&mut self.handed_back).words() {
+                    line.push_str(&format!("; {back}"));
+                }
+                line
             }
+            other => format!("{other:?}"),
         };
         self.note(at, Source::Client, line);
     }
 
     fn server_status(&mut self, at: Instant, status: ServerStatus) {
         let line = match &status {
-            ServerStatus::Running { addr, interval, max_missed } => format!(
-                "embedded server listening on {addr}: pulse every {} ms, evict after {max_missed} missed",
-                interval.as_millis()
+            ServerStatus::Running { addr, interval, max_missed, keep } => format!(
+                "embedded server listening on {addr}: pulse every {} ms, evict after {max_missed} missed, keep \
+                 sessions {}",
+                interval.as_millis(),
+                words::seconds(keep)
             ),
             ServerStatus::Stopped => "embedded server stopped (every peer got BYE shutdown)".to_owned(),
             ServerStatus::Killed => "embedded server killed: every connection cut without a word".to_owned(),
@@ -375,22 +538,58 @@ impl Model {
         };
         if !matches!(status, ServerStatus::Running { .. }) {
             self.online(at, Vec::new());
+            self.detached.clear();
         }
         self.server = status;
         self.note(at, Source::App, line);
     }
 
-    fn server_event(&mut self, at: Instant, event: ServerEvent) {
+    fn server_event(&mut self, at: Instant, instance: u64, event: ServerEvent) {
         let line = match event {
-            ServerEvent::PeerOnline { peer } => {
-                format!("{} online from {} (session {})", peer.id, peer.addr, peer.session)
+            ServerEvent::PeerOnline { peer, resumed } => {
+                let kind = if resumed { "resumed session" } else { "fresh session" };
+                format!("{} online from {} ({kind} {})", peer.id, peer.addr, peer.session)
             }
-            ServerEvent::PeerOffline { peer, reason } => {
-                format!("{} offline: {}", peer.id, words::offline(&reason))
+            ServerEvent::PeerDetached { peer, reason } => {
+                format!(
+                    "{} detached: {}; session {} kept for it to resume",
+                    peer.id,
+                    words::offline(&reason),
+                    peer.session
+                )
             }
-            ServerEvent::Message { peer, payload } => {
-                format!("message from {peer}: {} (echoed back)", quote(&payload))
+            ServerEvent::PeerOffline { peer, reason, undelivered } => {
+                let end = self.delivery.server_session_ended(instance, peer.id.as_str(), &undelivered, at);
+                let mut line = format!("{} offline: {}", peer.id, words::offline(&reason));
+                if !end.handed_back.is_empty() {
+                    let maybe =
+                        end.handed_back.iter().filter(|(_, outcome)| *outcome == Outcome::MaybeDelivered).count();
+                    let count = end.handed_back.len();
+                    line.push_str(&format!(
+                        "; session {} ended, {count} message(s) handed back ({maybe} maybe delivered)",
+                        peer.session
+                    ));
+                }
+                if !end.unaccounted.is_empty() {
+                    let count = end.unaccounted.len();
+                    line.push_str(&format!("; {count} message(s) of it got no outcome at all"));
+                }
+                line
             }
+            ServerEvent::Message { peer, seq, payload } => {
+                if self.delivery.received(Direction::ClientToServer, &payload, at) {
+                    return;
+                }
+                format!("message {seq} from {peer}: {} (echoed back)", quote(&payload))
+            }
+            ServerEvent::Delivered { peer, up_to } => {
+                let texts = self.delivery.server_delivered(instance, peer.as_str(), up_to, at);
+                for text in texts {
+                    self.note(at, Source::Server, format!("{peer} has {}", quote(text.as_bytes())));
+                }
+                return;
+            }
+            other => format!("{other:?}"),
         };
         self.note(at, Source::Server, line);
     }
@@ -544,9 +743,12 @@ impl Model {
     }
 
     /// Whether something on screen counts down, so the window should redraw by itself for a
-    /// while (missed pulses or a backoff wait).
+    /// while: missed pulses, a backoff wait, a detached session's time left, or a stream number
+    /// on its way to counting as lost.
     pub fn counting_down(&self) -> bool {
         matches!(self.phase(), Phase::Suspect | Phase::BackingOff)
+            || !self.detached.is_empty()
+            || Direction::BOTH.iter().any(|&direction| self.delivery.missing(direction) > 0)
     }
 
     /// The last probe's result.
@@ -619,6 +821,38 @@ impl Model {
     pub fn extras(&self) -> ExtraCounts {
         self.extras
     }
+
+    /// The last handshake: fresh or resumed, and the session.
+    pub fn last_connect(&self) -> Option<&LastConnect> {
+        self.last_connect.as_ref()
+    }
+
+    /// How many handshakes opened a fresh session and how many resumed one.
+    pub fn connects(&self) -> Connects {
+        self.connects
+    }
+
+    /// The main client's outbox, as last read.
+    pub fn outbox(&self) -> Option<OutboxStatus> {
+        self.outbox
+    }
+
+    /// The embedded server's detached sessions, each with its time left at `now`.
+    pub fn detached(&self, now: Instant) -> Vec<KeptSession> {
+        let with_left =
+            |kept: &Kept| KeptSession { left: kept.ends.saturating_duration_since(now), ..kept.session.clone() };
+        self.detached.iter().map(with_left).collect()
+    }
+
+    /// Whether the stream runs.
+    pub fn streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// Every message's outcome, and the stream's check.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
 }
 
 fn relay_note(blackhole: Blackhole) -> String {
@@ -647,6 +881,7 @@ fn quote(payload: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pulsewire::core::Undelivered;
     use pulsewire::protocol::{ClientId, SessionId};
     use pulsewire::{CloseReason, ConnectError, DisconnectReason, Failure};
 
@@ -691,6 +926,7 @@ mod tests {
         fn connected(&mut self) -> &mut Script {
             self.event(Event::Connecting { attempt: 1 }).event(Event::Connected {
                 session: session("s1"),
+                resumed: false,
                 interval: ms(1000),
                 max_missed: 3,
             })
@@ -865,10 +1101,10 @@ mod tests {
     #[test]
     fn the_log_is_timestamped_and_copies_as_text() {
         let mut script = Script::new();
-        script.at(1500).event(Event::Message((&b"hi \"you\"\n"[..]).into()));
+        script.at(1500).event(Event::Message { seq: 4, payload: (&b"hi \"you\"\n"[..]).into() });
         let text = script.model.log_text();
         let last = text.lines().last().unwrap_or_default();
-        assert_eq!(last, r#"    1.500 s  client  message from the server: "hi \"you\"\n" (9 bytes)"#);
+        assert_eq!(last, r#"    1.500 s  client  message 4 from the server: "hi \"you\"\n" (9 bytes)"#);
         assert_eq!(text.lines().count(), script.model.log().len());
     }
 
@@ -890,5 +1126,146 @@ mod tests {
         script.input(Input::Relay { addr, blackhole: Blackhole { to_server: false, to_client: true } });
         assert!(script.model.log().any(|line| line.text.contains("freezes the server's pulses")));
         assert_eq!(script.model.relay(), Some((addr, Blackhole { to_server: false, to_client: true })));
+    }
+
+    fn connected_as(resumed: bool) -> Event {
+        Event::Connected { session: session("s1"), resumed, interval: ms(1000), max_missed: 3 }
+    }
+
+    fn server_event(event: ServerEvent) -> Input {
+        Input::ServerEvent { instance: 1, event }
+    }
+
+    fn client_id(id: &str) -> ClientId {
+        ClientId::new(id).expect("a valid id")
+    }
+
+    #[test]
+    fn a_resumed_session_is_told_apart_from_a_fresh_one() {
+        let mut script = Script::new();
+        script.at(10).event(connected_as(false));
+        let last = script.model.last_connect().cloned().expect("a connect");
+        assert_eq!((last.session.as_str(), last.resumed), ("s1", false));
+        script.at(500).event(Event::Disconnected { reason: DisconnectReason::Eof });
+        assert_eq!(script.model.last_connect().map(|last| last.resumed), Some(false), "kept while offline");
+        script.at(900).event(connected_as(true));
+        assert_eq!(script.model.last_connect().map(|last| (last.resumed, last.at)), Some((true, script.t0 + ms(900))));
+        assert_eq!(script.model.connects(), Connects { fresh: 1, resumed: 1 });
+        assert!(script.model.log().any(|line| line.text.starts_with("connected: resumed session s1")));
+    }
+
+    #[test]
+    fn stream_messages_are_counted_both_ways_and_stay_out_of_the_log() {
+        let mut script = Script::new();
+        script.connected();
+        let lines = script.model.log().len();
+        for n in 1..=3 {
+            let sent = Sent::Stream(n);
+            script.input(Input::ClientSent { generation: 1, ticket: n, sent: sent.clone() });
+            let payload = Direction::ClientToServer.payload(n).into();
+            script.input(server_event(ServerEvent::Message { peer: client_id("desk"), seq: n, payload }));
+            script.input(Input::ServerSent { instance: 1, peer: client_id("desk"), seq: n, sent });
+            script.event(Event::Message { seq: n, payload: Direction::ServerToClient.payload(n).into() });
+        }
+        script.input(server_event(ServerEvent::Delivered { peer: client_id("desk"), up_to: 3 }));
+        assert_eq!(script.model.log().len(), lines, "nothing logged per stream message");
+        let later = script.now + stream::GRACE * 2;
+        let c2s = script.model.delivery().summary(Direction::ClientToServer, later);
+        assert_eq!(c2s.line(Direction::ClientToServer), "client->server: sent 3 · received 3 · lost 0 · duplicated 0");
+        let s2c = script.model.delivery().summary(Direction::ServerToClient, later);
+        assert_eq!((s2c.received, s2c.outcomes.delivered, s2c.in_flight()), (3, 3, 0));
+        assert_eq!(script.model.delivery().open(Direction::ClientToServer), 3, "no Delivered from the client yet");
+    }
+
+    #[test]
+    fn a_typed_message_and_its_echo_are_logged_with_their_outcomes() {
+        let mut script = Script::new();
+        script.connected();
+        script.input(Input::ClientSent { generation: 1, ticket: 1, sent: Sent::Text("hi".into()) });
+        script.input(server_event(ServerEvent::Message { peer: client_id("desk"), seq: 1, payload: "hi".into() }));
+        script.input(Input::ServerSent { instance: 1, peer: client_id("desk"), seq: 1, sent: Sent::Text("hi".into()) });
+        script.event(Event::Message { seq: 1, payload: "hi".into() });
+        script.input(server_event(ServerEvent::Delivered { peer: client_id("desk"), up_to: 1 }));
+        let text = script.model.log_text();
+        for expected in [
+            "app     sent \"hi\" (2 bytes) (ticket #1)",
+            "server  message 1 from desk: \"hi\" (2 bytes) (echoed back)",
+            "client  message 1 from the server: \"hi\" (2 bytes)",
+            "server  desk has \"hi\" (2 bytes)",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        assert_eq!(script.model.delivery().outcomes(Direction::ServerToClient).delivered, 1);
+    }
+
+    #[test]
+    fn a_session_that_ends_hands_its_messages_back_and_a_killed_server_leaves_the_rest_gone() {
+        let mut script = Script::new();
+        let desk = client_id("desk");
+        for seq in 1..=2 {
+            script.input(Input::ServerSent { instance: 1, peer: desk.clone(), seq, sent: Sent::Stream(seq) });
+        }
+        let undelivered = vec![Undelivered { seq: 2, payload: "s2c 2".into(), maybe_delivered: true }];
+        let mut gone = peer("desk", None);
+        gone.session = session("s1");
+        let ended = ServerEvent::PeerOffline { peer: gone, reason: pulsewire::OfflineReason::Eof, undelivered };
+        script.input(server_event(ServerEvent::Delivered { peer: desk.clone(), up_to: 1 }));
+        script.input(server_event(ended));
+        assert!(script.model.log().any(|line| line.text.ends_with("1 message(s) handed back (1 maybe delivered)")));
+        script.input(Input::ServerSent { instance: 1, peer: desk, seq: 1, sent: Sent::Stream(3) });
+        script.input(Input::ServerEnded { instance: 1 });
+        let outcomes = script.model.delivery().outcomes(Direction::ServerToClient);
+        assert_eq!((outcomes.delivered, outcomes.maybe_delivered, outcomes.gone), (1, 1, 1));
+        assert!(script.model.log().any(|line| line.text.starts_with("1 message(s) the stopped server had accepted")));
+    }
+
+    #[test]
+    fn detached_sessions_count_down_until_the_server_stops() {
+        let mut script = Script::new();
+        let kept = KeptSession {
+            client_id: client_id("desk"),
+            session: session("s1"),
+            left: ms(10_000),
+            queued: 4,
+            bytes: 24,
+        };
+        script.at(1000).input(Input::Detached(vec![kept]));
+        let shown = script.model.detached(script.t0 + ms(5000));
+        assert_eq!(shown.iter().map(|kept| (kept.left, kept.queued)).collect::<Vec<_>>(), [(ms(6000), 4)]);
+        assert_eq!(script.model.detached(script.t0 + ms(60_000))[0].left, Duration::ZERO);
+        assert!(script.model.counting_down(), "the time left is redrawn");
+        script.input(Input::Server(ServerStatus::Killed));
+        assert!(script.model.detached(script.now).is_empty());
+    }
+
+    #[test]
+    fn the_outbox_of_a_replaced_client_is_not_shown() {
+        let mut script = Script::new();
+        let status = OutboxStatus { queued: 2, unacked: 1, bytes: 30 };
+        script.input(Input::Outbox { generation: 1, status });
+        assert_eq!(script.model.outbox(), Some(status));
+        script.input(Input::Outbox { generation: 7, status: OutboxStatus::default() });
+        assert_eq!(script.model.outbox(), Some(status));
+        script.input(Input::ClientStarted {
+            generation: 2,
+            client_id: "desk".into(),
+            target: "x:1".into(),
+            via_relay: true,
+        });
+        assert_eq!(script.model.outbox(), None);
+    }
+
+    #[test]
+    fn the_stream_switch_is_logged_and_a_refused_number_is_counted() {
+        let mut script = Script::new();
+        script.input(Input::Streaming(true));
+        assert!(script.model.streaming());
+        let reason = "not sent: no such peer online".to_owned();
+        script.input(Input::StreamRefused { direction: Direction::ServerToClient, n: 1, reason });
+        let summary = script.model.delivery().summary(Direction::ServerToClient, script.now);
+        assert_eq!((summary.sent, summary.refused), (0, 1));
+        script.input(Input::Streaming(false));
+        assert!(script.model.log().any(|line| line.text.starts_with("stream on: 20 numbered messages")));
+        assert!(!script.model.streaming());
     }
 }

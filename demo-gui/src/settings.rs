@@ -28,6 +28,8 @@ pub struct Settings {
     pub interval_ms: u64,
     /// The embedded server's miss limit.
     pub max_missed: u32,
+    /// How long the embedded server keeps a session whose connection is lost, s (0: none).
+    pub keep_s: u64,
     /// Backoff: the first delay, ms.
     pub initial_delay_ms: u64,
     /// Backoff: the largest delay, ms.
@@ -48,6 +50,7 @@ impl Default for Settings {
             via_relay: true,
             interval_ms: 1000,
             max_missed: 3,
+            keep_s: 120,
             initial_delay_ms: 250,
             max_delay_ms: 5000,
             multiplier: 2.0,
@@ -63,6 +66,7 @@ impl Settings {
             .listen(SocketAddr::from(([127, 0, 0, 1], port)))
             .interval(Duration::from_millis(self.interval_ms))
             .max_missed(self.max_missed)
+            .keep(Duration::from_secs(self.keep_s))
             .build()
     }
 
@@ -90,7 +94,7 @@ impl Settings {
 
     /// Whether going from `self` to `next` needs a new embedded server.
     pub fn server_changed(&self, next: &Settings) -> bool {
-        (self.interval_ms, self.max_missed) != (next.interval_ms, next.max_missed)
+        (self.interval_ms, self.max_missed, self.keep_s) != (next.interval_ms, next.max_missed, next.keep_s)
     }
 }
 
@@ -124,5 +128,14 @@ mod tests {
         let base = Settings::default();
         assert!(!base.server_changed(&Settings { jitter: 0.5, ..base.clone() }));
         assert!(base.server_changed(&Settings { max_missed: 5, ..base.clone() }));
+        assert!(base.server_changed(&Settings { keep_s: 5, ..base.clone() }));
+    }
+
+    #[test]
+    fn the_keep_setting_reaches_the_server() {
+        let settings = Settings { keep_s: 7, ..Settings::default() };
+        let config = settings.server_config(0).expect("valid");
+        assert_eq!(config.keep(), Duration::from_secs(7));
+        assert_eq!(Settings::default().server_config(0).expect("valid").keep(), Duration::from_secs(120));
     }
 }

@@ -28,6 +28,7 @@ pub fn disconnect(reason: &DisconnectReason) -> String {
             format!("The server broke the protocol ({violation}), so the client hung up.")
         }
         DisconnectReason::ClosedByApplication => "This app closed the connection.".to_owned(),
+        other => format!("The connection ended ({other})."),
     }
 }
 
@@ -48,6 +49,7 @@ pub fn connect(error: &ConnectError) -> String {
         }
         ConnectError::Rejected { code, text } => format!("the server refused ({code}: {text})"),
         ConnectError::Protocol(violation) => format!("the server answered nonsense ({violation})"),
+        other => other.to_string(),
     }
 }
 
@@ -56,6 +58,7 @@ pub fn failure(failure: &Failure) -> String {
     match failure {
         Failure::Connect(error) => connect(error),
         Failure::Disconnected(reason) => disconnect(reason),
+        other => other.to_string(),
     }
 }
 
@@ -70,6 +73,7 @@ pub fn close(reason: &CloseReason) -> String {
             "Another client with the same id took this one's place; it will not fight back.".to_owned()
         }
         CloseReason::Rejected { code, text } => format!("Refused by the server for good ({code}: {text})."),
+        other => format!("Stopped for good: {other}."),
     }
 }
 
@@ -79,6 +83,7 @@ pub fn offline(reason: &OfflineReason) -> String {
         OfflineReason::Goodbye { reason } => format!("said goodbye ({reason})"),
         OfflineReason::Timeout { misses } => format!("evicted: silent for {misses} pulse intervals"),
         OfflineReason::PeerError { code: ErrorCode::Timeout, .. } => "gave up on the server's pulses".to_owned(),
+        OfflineReason::Reset => "its connection was cut".to_owned(),
         other => other.to_string(),
     }
 }

@@ -1,6 +1,6 @@
 //! The backend without a window: commands in, the model's view out, against real servers on
-//! loopback. These cover what the UI tests do not click: applying settings and pointing the
-//! client at an external server.
+//! loopback. These cover what the UI tests do not click: applying settings, pointing the
+//! client at an external server, and a kept session that runs out while the stream runs.
 
 use std::sync::Arc;
 use std::thread;
@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use demo_gui::backend::{Backend, Command};
 use demo_gui::feed::{self, Inbox, ServerStatus};
 use demo_gui::model::{Cadence, Model, Phase};
+use demo_gui::relay::Blackhole;
+use demo_gui::stream::Direction;
 use demo_gui::{Settings, Target};
 use pulsewire::{Server, ServerConfig};
 
@@ -105,4 +107,42 @@ fn the_client_can_be_pointed_at_an_external_server_through_the_relay() {
         model.last_disconnect().is_some_and(|last| last.words.contains("went silent"))
     });
     futures::executor::block_on(external.shutdown());
+}
+
+#[test]
+fn a_kept_session_that_runs_out_hands_its_messages_back_and_the_client_starts_afresh() {
+    const S2C: Direction = Direction::ServerToClient;
+    let mut watch = Watch::start(Settings { keep_s: 1, ..fast() });
+    watch.until("online", |model| model.phase() == Phase::Online);
+    watch.backend.send(Command::SetStream(true));
+    watch.until("the stream flowing", |model| model.delivery().summary(S2C, Instant::now()).received > 5);
+
+    // The client stops answering: the server evicts it, keeps its session for 1 s, queueing the
+    // stream for it, then ends the session and hands back what the client never acknowledged.
+    watch.backend.send(Command::SetBlackhole(Blackhole { to_server: true, to_client: false }));
+    watch.until("the kept session ended, its messages handed back", |model| {
+        let outcomes = model.delivery().outcomes(S2C);
+        outcomes.maybe_delivered + outcomes.not_delivered > 0
+    });
+    assert!(watch.model.log_text().contains("message(s) handed back"), "{}", watch.model.log_text());
+
+    watch.backend.send(Command::RestoreAll);
+    watch.until("online again, in a fresh session", |model| {
+        model.phase() == Phase::Online && model.last_connect().is_some_and(|last| !last.resumed)
+    });
+    assert_eq!(watch.model.connects().fresh, 2);
+    watch.backend.send(Command::SetStream(false));
+    watch.until("every message settled", |model| {
+        let now = Instant::now();
+        let settled = Direction::BOTH.iter().all(|&direction| {
+            let summary = model.delivery().summary(direction, now);
+            summary.in_flight() == 0 && summary.missing == 0 && model.delivery().open(direction) == 0
+        });
+        !model.streaming() && settled && model.outbox().is_some_and(|outbox| outbox.queued + outbox.unacked == 0)
+    });
+    for direction in Direction::BOTH {
+        let summary = watch.model.delivery().summary(direction, Instant::now());
+        assert_eq!((summary.lost, summary.duplicated), (0, 0), "{}: {summary:?}", direction.label());
+        assert_eq!(summary.sent, summary.outcomes.total(), "{}: {summary:?}", direction.label());
+    }
 }

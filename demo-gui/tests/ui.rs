@@ -10,9 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use demo_gui::model::Phase;
+use demo_gui::stream::Direction;
 use demo_gui::{DemoApp, Settings};
 use eframe::egui;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 
 /// How long a test waits for the window to show something.
@@ -58,13 +59,25 @@ fn wait_until(
         if shown(harness) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the window never showed {what}; event log:\n{}",
-            harness.state().model().log_text()
-        );
+        assert!(Instant::now() < deadline, "the window never showed {what}; {}", report(harness));
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// What the model holds, for a failure message: the stream and outcome numbers, the outbox,
+/// and the event log.
+fn report(harness: &Harness<'static, DemoApp>) -> String {
+    let model = harness.state().model();
+    let now = Instant::now();
+    let mut text = String::new();
+    for direction in Direction::BOTH {
+        let summary = model.delivery().summary(direction, now);
+        let outcomes = model.delivery().outcomes(direction);
+        let open = model.delivery().open(direction);
+        text.push_str(&format!("{}: {summary:?}\n  every message: {outcomes:?}, open {open}\n", direction.label()));
+    }
+    text.push_str(&format!("outbox: {:?}\nevent log:\n{}", model.outbox(), model.log_text()));
+    text
 }
 
 #[track_caller]
@@ -91,6 +104,69 @@ fn wait_for_text(harness: &mut Harness<'static, DemoApp>, text: &str) {
     wait_until(harness, &format!("a label containing {text:?}"), |harness| {
         harness.query_all_by_label_contains(text).next().is_some()
     });
+}
+
+/// The text of the first label that contains `text`, as the window shows it.
+fn shown(harness: &Harness<'static, DemoApp>, text: &str) -> Option<String> {
+    // A label's text is its accessibility value.
+    let node = harness.query_all_by_label_contains(text).next()?;
+    node.accesskit_node().value().or_else(|| node.accesskit_node().label())
+}
+
+/// The stream check's line for `direction`: `client->server: sent 12 · received 12 · lost 0 …`.
+fn stream_line(harness: &Harness<'static, DemoApp>, direction: Direction) -> Option<String> {
+    shown(harness, &format!("{}: sent ", direction.label()))
+}
+
+/// The outcome line for `direction`: `client→server: delivered 12 · maybe delivered 0 …`.
+fn outcome_line(harness: &Harness<'static, DemoApp>, direction: Direction) -> Option<String> {
+    shown(harness, &format!("{}: delivered ", direction.label()))
+}
+
+/// The number after `name ` in a line of `name value · name value` parts.
+fn count(line: &str, name: &str) -> Option<u64> {
+    line.split(" · ").find_map(|part| part.rsplit_once(' ').filter(|(key, _)| key.ends_with(name)))?.1.parse().ok()
+}
+
+/// How many stream messages the window shows received, client → server and server → client.
+fn received_both_ways(harness: &Harness<'static, DemoApp>) -> Option<(u64, u64)> {
+    let received = |direction| count(&stream_line(harness, direction)?, "received");
+    Some((received(Direction::ClientToServer)?, received(Direction::ServerToClient)?))
+}
+
+/// Waits until both directions show more than `at_least` received.
+#[track_caller]
+fn wait_for_received(harness: &mut Harness<'static, DemoApp>, what: &str, at_least: (u64, u64)) -> (u64, u64) {
+    wait_until(harness, what, |harness| {
+        received_both_ways(harness).is_some_and(|(c2s, s2c)| c2s > at_least.0 && s2c > at_least.1)
+    });
+    received_both_ways(harness).unwrap_or_default()
+}
+
+/// Turns the stream off and waits until every number it sent has its outcome and everything
+/// shown is settled: nothing in flight, nothing missing, the client's outbox empty.
+#[track_caller]
+fn stop_stream_and_settle(harness: &mut Harness<'static, DemoApp>) {
+    click(harness, "Stream");
+    wait_until(harness, "the stream off and every message settled", |harness| {
+        let model = harness.state().model();
+        let now = Instant::now();
+        let settled = Direction::BOTH.iter().all(|&direction| {
+            let summary = model.delivery().summary(direction, now);
+            summary.in_flight() == 0 && summary.missing == 0 && model.delivery().open(direction) == 0
+        });
+        let empty = model.outbox().is_some_and(|outbox| (outbox.queued, outbox.unacked) == (0, 0));
+        !model.streaming() && settled && empty
+    });
+}
+
+/// Asserts that the window shows nothing lost and nothing duplicated, both ways.
+#[track_caller]
+fn assert_nothing_lost_or_duplicated(harness: &Harness<'static, DemoApp>) {
+    for direction in Direction::BOTH {
+        let line = stream_line(harness, direction).expect("the stream line is shown");
+        assert!(line.contains("lost 0 · duplicated 0"), "{line}\n{}", report(harness));
+    }
 }
 
 /// Clicks `button`; returns when it was clicked.
@@ -170,7 +246,7 @@ fn a_sent_message_comes_back_as_the_servers_echo() {
 
     click(&mut harness, "Send");
     wait_until(&mut harness, "the echo in the event log", |harness| {
-        harness.state().model().log_text().contains("client  message from the server: \"hello\" (5 bytes)")
+        harness.state().model().log_text().contains("client  message 1 from the server: \"hello\" (5 bytes)")
     });
 }
 
@@ -220,4 +296,104 @@ fn cutting_the_link_is_seen_at_once_and_the_client_reconnects() {
     click(&mut harness, "Cut link");
     wait_for_text(&mut harness, "The server closed the connection without a word");
     wait_for_label(&mut harness, "Online");
+}
+
+#[test]
+fn streaming_through_a_cut_link_resumes_the_session_and_loses_nothing_either_way() {
+    let _turn = turn();
+    let mut harness = harness();
+    wait_for_label(&mut harness, "Online");
+    click(&mut harness, "Stream");
+    let before = wait_for_received(&mut harness, "stream messages arriving both ways", (10, 10));
+    let disconnects = harness.state().model().disconnects();
+
+    click(&mut harness, "Cut link");
+    wait_until(&mut harness, "the cut noticed", |harness| harness.state().model().disconnects() > disconnects);
+    wait_until(&mut harness, "online again, the session resumed", |harness| {
+        harness.state().model().phase() == Phase::Online && shown(harness, "Last connect: resumed session").is_some()
+    });
+    let after =
+        wait_for_received(&mut harness, "more stream messages than before the cut", (before.0 + 20, before.1 + 20));
+    assert_nothing_lost_or_duplicated(&harness);
+
+    stop_stream_and_settle(&mut harness);
+    assert_nothing_lost_or_duplicated(&harness);
+    for (direction, before, after) in
+        [(Direction::ClientToServer, before.0, after.0), (Direction::ServerToClient, before.1, after.1)]
+    {
+        let line = stream_line(&harness, direction).expect("shown");
+        let (sent, received) = (count(&line, "sent"), count(&line, "received"));
+        assert_eq!(sent, received, "a resumed session delivers every number: {line}");
+        assert!(received >= Some(after) && after > before, "{line}: {before} before the cut");
+    }
+    assert!(harness.state().model().connects().resumed >= 1);
+}
+
+#[test]
+fn a_killed_server_starts_a_fresh_session_and_hands_back_what_may_have_arrived() {
+    let _turn = turn();
+    let mut harness = harness();
+    wait_for_label(&mut harness, "Online");
+    click(&mut harness, "Stream");
+    let before = wait_for_received(&mut harness, "stream messages arriving both ways", (10, 10));
+
+    click(&mut harness, "Kill server");
+    wait_for_label(&mut harness, "Backing off");
+    // Offline, the client's stream messages wait in its outbox.
+    wait_until(&mut harness, "messages queued in the outbox", |harness| {
+        let queued = |line: String| line.strip_prefix("Outbox: ")?.split_once(" queued")?.0.parse::<u64>().ok();
+        shown(harness, "Outbox: ").and_then(queued).is_some_and(|queued| queued > 0)
+    });
+
+    click(&mut harness, "Start server");
+    wait_until(&mut harness, "online again in a fresh session", |harness| {
+        harness.state().model().phase() == Phase::Online && shown(harness, "Last connect: fresh session").is_some()
+    });
+    wait_for_received(&mut harness, "more stream messages than before the kill", (before.0 + 20, before.1 + 20));
+
+    stop_stream_and_settle(&mut harness);
+    assert_nothing_lost_or_duplicated(&harness);
+    let model = harness.state().model();
+    assert_eq!(model.connects().fresh, 2, "the first connect and the one after the kill");
+    // What the window shows is what the model counted from the client's Undelivered events.
+    let counted = model.delivery().outcomes(Direction::ClientToServer);
+    let line = outcome_line(&harness, Direction::ClientToServer).expect("the outcome line is shown");
+    assert_eq!(count(&line, "maybe delivered"), Some(counted.maybe_delivered), "{line}");
+    assert_eq!(count(&line, "delivered"), Some(counted.delivered), "{line}");
+    // Every stream number ended in exactly one outcome; the handed-back ones were told in the log.
+    let c2s = model.delivery().summary(Direction::ClientToServer, Instant::now());
+    assert_eq!(c2s.sent, c2s.outcomes.total(), "{c2s:?}");
+    if c2s.outcomes.maybe_delivered > 0 {
+        let told = format!("{} stream message(s) handed back as maybe delivered", c2s.outcomes.maybe_delivered);
+        assert!(model.log_text().contains(&told), "{told:?} in the log:\n{}", model.log_text());
+    }
+    // The killed server never settled what it had accepted: gone, not lost.
+    let s2c = model.delivery().summary(Direction::ServerToClient, Instant::now());
+    assert_eq!(s2c.sent, s2c.outcomes.total(), "{s2c:?}");
+}
+
+#[test]
+fn a_silent_client_is_kept_detached_and_resumes_its_stream_after_restore() {
+    let _turn = turn();
+    let mut harness = harness();
+    wait_for_label(&mut harness, "Online");
+    click(&mut harness, "Stream");
+    let before = wait_for_received(&mut harness, "stream messages arriving both ways", (10, 10));
+
+    click(&mut harness, "Client stops answering");
+    wait_for_text(&mut harness, "stopped hearing from this client and evicted it");
+    wait_for_label(&mut harness, "1 detached");
+    // The server keeps sending to the detached session: its queue grows.
+    wait_until(&mut harness, "server messages queued in the detached session", |harness| {
+        harness.state().model().detached(Instant::now()).first().is_some_and(|kept| kept.queued > 5)
+    });
+
+    click(&mut harness, "Restore all");
+    wait_until(&mut harness, "online again, the session resumed", |harness| {
+        harness.state().model().phase() == Phase::Online && shown(harness, "Last connect: resumed session").is_some()
+    });
+    wait_for_label(&mut harness, "0 detached");
+    wait_for_received(&mut harness, "more stream messages than before", (before.0 + 20, before.1 + 20));
+    stop_stream_and_settle(&mut harness);
+    assert_nothing_lost_or_duplicated(&harness);
 }

@@ -1,5 +1,5 @@
-//! The left column: the embedded server, the client, the faults, the extra clients and the
-//! settings. Every button only queues a [`Command`].
+//! The left column: the embedded server, the client and its stream switch, the faults, the
+//! extra clients and the settings. Every button only queues a [`Command`].
 
 use eframe::egui::{self, RichText};
 
@@ -9,12 +9,13 @@ use crate::feed::ServerStatus;
 use crate::model::Model;
 use crate::relay::Blackhole;
 use crate::settings::Target;
+use crate::stream;
 
 /// Draws every control group.
 pub fn show(ui: &mut egui::Ui, model: &Model, form: &mut Form, commands: &mut Vec<Command>) {
     server(ui, model, commands);
     ui.separator();
-    client(ui, form, commands);
+    client(ui, model, form, commands);
     ui.separator();
     faults(ui, model, commands);
     ui.separator();
@@ -53,7 +54,7 @@ fn server(ui: &mut egui::Ui, model: &Model, commands: &mut Vec<Command>) {
     });
 }
 
-fn client(ui: &mut egui::Ui, form: &mut Form, commands: &mut Vec<Command>) {
+fn client(ui: &mut egui::Ui, model: &Model, form: &mut Form, commands: &mut Vec<Command>) {
     heading(ui, "Client");
     ui.horizontal(|ui| {
         if button(ui, true, "Connect", "Start the client (a new one, if one is running).") {
@@ -69,6 +70,31 @@ fn client(ui: &mut egui::Ui, form: &mut Form, commands: &mut Vec<Command>) {
         let entered = edit.lost_focus() && ui.input(|input| input.key_pressed(egui::Key::Enter));
         if button(ui, true, "Send", "Send the text; the embedded server echoes it back.") || entered {
             commands.push(Command::Send(form.message.clone()));
+        }
+    });
+    streaming(ui, model, commands);
+}
+
+/// The stream switch: numbered messages both ways, checked by their receivers.
+fn streaming(ui: &mut egui::Ui, model: &Model, commands: &mut Vec<Command>) {
+    let on = model.streaming();
+    ui.horizontal(|ui| {
+        let hover = format!(
+            "While on, {rate} numbered messages a second go each way: \"c2s 1\", \"c2s 2\", ... with \
+             Client::send (each may wait {ttl} s in the outbox before it expires), \"s2c 1\", ... with \
+             Server::send. Each receiver checks the numbers: cut, freeze or kill things and watch that nothing \
+             is lost or duplicated.",
+            rate = stream::RATE,
+            ttl = stream::TTL.as_secs()
+        );
+        let response = ui.add(egui::Button::new("Stream").selected(on)).on_hover_text(hover);
+        if response.clicked() {
+            commands.push(Command::SetStream(!on));
+        }
+        if on {
+            ui.colored_label(ui.visuals().warn_fg_color, format!("on: {}/s each way", stream::RATE));
+        } else {
+            ui.label(RichText::new("off: numbered messages both ways").weak());
         }
     });
 }
@@ -182,6 +208,16 @@ fn settings(ui: &mut egui::Ui, form: &mut Form, commands: &mut Vec<Command>) {
         })
         .response
         .on_hover_text("The embedded server's cadence; the client adopts it from WELCOME.");
+        ui.end_row();
+
+        let label = ui.label("Keep sessions");
+        ui.add(egui::DragValue::new(&mut draft.keep_s).range(0..=3600).suffix(" s"))
+            .labelled_by(label.id)
+            .on_hover_text(
+                "How long the embedded server keeps the session of a client whose connection is lost (0: not at \
+                 all). A client back within it resumes: nothing lost, nothing twice. After it, the session ends \
+                 and its messages come back undelivered.",
+            );
         ui.end_row();
 
         let label = ui.label("Backoff");

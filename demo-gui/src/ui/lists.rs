@@ -1,4 +1,5 @@
-//! The server panel (the embedded server's online list) and the event log.
+//! The server panel (the embedded server's online list and detached sessions) and the event
+//! log.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use crate::words;
 pub fn server_panel(ui: &mut egui::Ui, model: &Model, now: Instant) {
     ui.label(RichText::new("Server: online list").heading().size(17.0));
     match model.server() {
-        ServerStatus::Running { addr, interval, max_missed } => {
+        ServerStatus::Running { addr, interval, max_missed, .. } => {
             ui.label(format!("{addr}, pulse every {} ms, evicts after {max_missed} missed", interval.as_millis()))
         }
         ServerStatus::Stopped => ui.label("stopped"),
@@ -31,7 +32,9 @@ pub fn server_panel(ui: &mut egui::Ui, model: &Model, now: Instant) {
     let peers = model.peers();
     ui.label(RichText::new(format!("{} online", peers.len())).strong());
     ui.separator();
-    egui::ScrollArea::vertical().id_salt("peers-scroll").auto_shrink([false, false]).show(ui, |ui| {
+    let online_height = (ui.available_height() * 0.6).max(80.0);
+    let scroll = egui::ScrollArea::vertical().id_salt("peers-scroll").max_height(online_height);
+    scroll.auto_shrink([false, false]).show(ui, |ui| {
         egui::Grid::new("peers").num_columns(5).striped(true).show(ui, |ui| {
             for title in ["id", "address", "since", "RTT", "misses"] {
                 ui.label(RichText::new(title).strong());
@@ -47,6 +50,41 @@ pub fn server_panel(ui: &mut egui::Ui, model: &Model, now: Instant) {
                 });
                 let misses = RichText::new(peer.misses.to_string());
                 ui.label(if peer.misses > 0 { misses.color(ui.visuals().warn_fg_color) } else { misses });
+                ui.end_row();
+            }
+        });
+    });
+    ui.separator();
+    detached(ui, model, now);
+}
+
+/// The sessions the server keeps for peers whose connection was lost, counting down.
+fn detached(ui: &mut egui::Ui, model: &Model, now: Instant) {
+    let sessions = model.detached(now);
+    let keep = match model.server() {
+        ServerStatus::Running { keep, .. } => format!(", each kept {}", words::seconds(keep)),
+        _ => String::new(),
+    };
+    ui.label(RichText::new(format!("{} detached", sessions.len())).strong()).on_hover_text(format!(
+        "Server::detached(): peers whose connection was lost and whose session the server keeps{keep}, \
+         queueing what it sends them. A peer back in time resumes the session; otherwise it ends and its \
+         messages come back undelivered."
+    ));
+    if sessions.is_empty() {
+        ui.label(RichText::new(format!("No session waits for its peer{keep}.")).weak());
+        return;
+    }
+    egui::ScrollArea::vertical().id_salt("detached-scroll").auto_shrink([false, false]).show(ui, |ui| {
+        egui::Grid::new("detached").num_columns(4).striped(true).show(ui, |ui| {
+            for title in ["id", "session", "left", "queued"] {
+                ui.label(RichText::new(title).strong());
+            }
+            ui.end_row();
+            for kept in &sessions {
+                ui.label(kept.client_id.as_str());
+                ui.label(kept.session.to_string());
+                ui.label(format!("{} left", words::seconds(&kept.left)));
+                ui.label(format!("{} ({} bytes)", kept.queued, kept.bytes));
                 ui.end_row();
             }
         });

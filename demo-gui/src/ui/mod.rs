@@ -5,6 +5,7 @@
 
 mod charts;
 mod controls;
+mod delivery;
 mod lists;
 mod status;
 
@@ -72,6 +73,8 @@ pub fn show(ui: &mut egui::Ui, model: &Model, form: &mut Form, now: Instant) -> 
     });
     egui::CentralPanel::default().show(ui, |ui| {
         status::liveness(ui, model, now);
+        ui.separator();
+        delivery::show(ui, model, now);
         ui.separator();
         charts::show(ui, model, now);
     });

@@ -19,8 +19,13 @@ pub fn headline(ui: &mut egui::Ui, model: &Model, now: Instant) {
         ui.vertical(|ui| {
             ui.label(RichText::new(model.phase_detail(now)).size(16.0));
             ui.horizontal_wrapped(|ui| {
+                let kind = match model.last_connect() {
+                    Some(last) if model.session().is_some() && last.resumed => " (resumed)",
+                    Some(_) if model.session().is_some() => " (fresh)",
+                    _ => "",
+                };
                 let session = model.session().unwrap_or("-");
-                ui.label(format!("Session: {session}"));
+                ui.label(format!("Session: {session}{kind}"));
                 ui.separator();
                 match model.cadence() {
                     Some(cadence) => ui.label(format!(

@@ -56,7 +56,7 @@ pub(super) async fn run(
             shared.set(Phase::BackingOff { attempt, next_delay: delay, retry_at: now + delay });
             let elapsed = schedule.elapsed(now);
             shared.emit(Event::BackingOff { attempt, delay, elapsed, last_error: last_error.clone() });
-            if until_closed(&close, rt::sleep(delay)).await.is_none() {
+            if until_closed(&close, while_watching(&shared, rt::sleep(delay))).await.is_none() {
                 break CloseReason::Application;
             }
         }
@@ -117,6 +117,17 @@ async fn until_closed<F: std::future::Future>(close: &async_channel::Receiver<()
     match future::select(task, closed).await {
         Either::Left((output, _)) => Some(output),
         Either::Right(_) => None,
+    }
+}
+
+/// Runs `task` while the reconnector keeps the machine's deadlines between connections (the
+/// time to live of a message waiting in the outbox).
+async fn while_watching<F: std::future::Future>(shared: &Shared, task: F) -> F::Output {
+    let task = std::pin::pin!(task);
+    let watching = std::pin::pin!(watch_deadlines(shared));
+    match future::select(task, watching).await {
+        Either::Left((output, _)) => output,
+        Either::Right((never, _)) => match never {},
     }
 }
 
@@ -182,6 +193,11 @@ async fn responder(stream: &TcpStream, shared: &Shared) {
 /// lets the machine act on it. Whatever moves the deadline rings it.
 async fn checker(shared: &Shared) {
     let _task = shared.tasks.enter();
+    match watch_deadlines(shared).await {}
+}
+
+/// Sleeps until the machine's next deadline and lets it act, for ever.
+async fn watch_deadlines(shared: &Shared) -> std::convert::Infallible {
     let rings = &shared.rings;
     let mut armed = shared.machine().poll_timeout();
     let mut timer = rt::Timer::at(armed.unwrap_or_else(far_future));

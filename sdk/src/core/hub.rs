@@ -165,7 +165,9 @@ impl<L: PeerLink + Clone> HubCore<L> {
             return None;
         }
         let mut session = None;
+        let mut presented = None;
         if let Some(Resume { secret, rx }) = resume.filter(|_| version > MIN_PROTOCOL_VERSION) {
+            presented = Some(secret.clone());
             // The session's connection may still be attached: a half-open link the server has
             // not noticed yet. It is stopped before its session moves.
             let attached = self.list.key(&client_id).filter(|&old| {
@@ -208,6 +210,11 @@ impl<L: PeerLink + Clone> HubCore<L> {
         let session = match session {
             Some(mut session) => {
                 session.rotate_secret(random);
+                if let Some(presented) = presented {
+                    // Good until the client answers a pulse on the new connection: a `WELCOME`
+                    // lost with its connection must not cost the client its session.
+                    session.resumed_with(presented);
+                }
                 session
             }
             None => {

@@ -10,6 +10,8 @@ mod delivery;
 mod hub;
 mod miss;
 mod online;
+#[cfg(test)]
+mod pair;
 mod server_machine;
 mod sessions;
 

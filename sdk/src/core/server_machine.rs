@@ -484,8 +484,16 @@ impl ServerMachine {
     /// the peer acknowledges it and written at once; returns its number, or refuses it with the
     /// payload back when the session holds its limit ([`SendRefused::Full`]). Protocol 1:
     /// written as `DATA <len>`, unnumbered; returns 0. Refused ([`SendRefused::Closed`]) before
-    /// `WELCOME` and once closed.
+    /// `WELCOME`, and once closed unless a protocol 2 session is still in the machine (then the
+    /// message is queued in it, for the resume).
     pub fn send(&mut self, payload: Bytes) -> Result<u64, SendRefused> {
+        if let (Phase::Closed, Some(session)) = (self.phase, self.session.as_mut()) {
+            // Closed, but its session not taken yet (its leave is on the way to the hub): a
+            // protocol 2 session keeps the message for the resume, as a detached one would.
+            if self.version > MIN_PROTOCOL_VERSION {
+                return session.queue(payload);
+            }
+        }
         let (Phase::Open, Some(session)) = (self.phase, self.session.as_mut()) else {
             return Err(SendRefused::Closed(payload));
         };
@@ -597,6 +605,10 @@ impl ServerMachine {
             Frame::Alive { seq } => {
                 if let Some((_, sent)) = self.last_pulse.filter(|&(last, _)| last == seq) {
                     self.rtt = Some(now.saturating_duration_since(sent));
+                    // It answered a pulse written after the `WELCOME`: it has the new secret.
+                    if let Some(session) = self.session.as_mut() {
+                        session.forget_previous_secret();
+                    }
                 }
             }
             Frame::Data { seq: None, payload } if self.version == MIN_PROTOCOL_VERSION => {
@@ -1012,7 +1024,6 @@ mod tests {
         }
         machine.handle_input(b"ACK 1\n", t0);
         machine.connection_lost(t0);
-        assert_eq!(machine.send("late".into()), Err(SendRefused::Closed("late".into())));
         let mut session = machine.take_session().unwrap();
         session.rotate_secret([8; 16]);
         session
@@ -1078,7 +1089,7 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_machine_ignores_input_and_refuses_sends() {
+    fn a_closed_machine_ignores_input_and_keeps_sends_in_its_session() {
         let t0 = Instant::now();
         let mut machine = v2(t0);
         machine.close_with(Frame::error(ErrorCode::Resumed, "a new connection resumed this session"));
@@ -1090,7 +1101,9 @@ mod tests {
         machine.filled(8, t0);
         machine.pulse(9, t0);
         machine.handle_timeout(t0 + Duration::from_secs(60));
-        assert_eq!(machine.send("x".into()), Err(SendRefused::Closed("x".into())));
+        // A message for it is kept in its session (for the resume), and not written.
+        assert_eq!(machine.send("x".into()), Ok(1));
+        assert_eq!(machine.session().map(|s| s.queued()), Some(1));
         machine.close_with(Frame::bye("shutdown"));
         machine.refuse(ErrorCode::Full, "full");
         machine.connection_lost(t0);

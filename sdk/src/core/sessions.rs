@@ -122,9 +122,13 @@ pub struct Undelivered {
 /// let mut session = ServerSession::new(id, client, [7; 16], SessionLimits::default());
 /// assert!(session.matches(&ResumeSecret::from_random([7; 16])));
 ///
-/// // Every WELCOME hands out a fresh secret: the old one stops working.
+/// // Every WELCOME hands out a fresh secret; the old one works until the client shows it got
+/// // the new one (it answers a pulse), in case that WELCOME was lost with its connection.
 /// session.rotate_secret([9; 16]);
+/// assert!(session.matches(&ResumeSecret::from_random([7; 16])));
+/// session.forget_previous_secret();
 /// assert!(!session.matches(&ResumeSecret::from_random([7; 16])));
+/// assert!(session.matches(&ResumeSecret::from_random([9; 16])));
 ///
 /// // Messages queued while no connection is attached are written on resume, or handed back
 /// // when the session ends.
@@ -137,6 +141,9 @@ pub struct ServerSession {
     id: SessionId,
     client_id: ClientId,
     secret: ResumeSecret,
+    /// The secret before the last rotation, still good until the client shows it has the new
+    /// one: a `WELCOME` lost with its connection must not cost the client its session.
+    previous: Option<ResumeSecret>,
     /// Whether `secret` went out in a `WELCOME` already: the next one needs a fresh secret.
     pub(super) secret_handed_out: bool,
     /// Server → client messages.
@@ -154,6 +161,7 @@ impl ServerSession {
             id,
             client_id,
             secret: ResumeSecret::from_random(random),
+            previous: None,
             secret_handed_out: false,
             outbound: Outbound::new(),
             inbound: Inbound::new(0),
@@ -178,15 +186,30 @@ impl ServerSession {
 
     /// Whether `secret` is the current resume secret, compared in constant time.
     pub fn matches(&self, secret: &ResumeSecret) -> bool {
-        // `ResumeSecret`'s `==` is the constant-time comparison.
-        self.secret == *secret
+        // Both compared, whichever matches, so that the time taken says nothing.
+        let current = self.secret == *secret;
+        let previous = self.previous.as_ref().is_some_and(|previous| previous == secret);
+        current | previous
+    }
+
+    /// The client answered a pulse on the connection that handed out the current secret: it
+    /// has it, and the one before stops working.
+    pub fn forget_previous_secret(&mut self) {
+        self.previous = None;
+    }
+
+    /// The client resumed with `presented` (the current or the previous secret): after the
+    /// next rotation, that is the one it still holds until it shows it got the new one.
+    pub fn resumed_with(&mut self, presented: ResumeSecret) {
+        self.previous = Some(presented);
     }
 
     /// Replaces the resume secret with one made of `random` (16 fresh random bytes). Call it
     /// before each `WELCOME` that continues the session: the protocol hands out a fresh secret
     /// every time, and the one before stops working.
     pub fn rotate_secret(&mut self, random: [u8; 16]) {
-        self.secret = ResumeSecret::from_random(random);
+        let old = std::mem::replace(&mut self.secret, ResumeSecret::from_random(random));
+        self.previous = Some(old);
         self.secret_handed_out = false;
     }
 
@@ -546,8 +569,14 @@ mod tests {
         assert_eq!(session.secret().as_str(), "07".repeat(16));
         assert!(session.matches(&secret(7)));
         session.rotate_secret([8; 16]);
+        assert!(session.matches(&secret(7)), "good until the client shows it has the new one");
+        session.forget_previous_secret();
         assert!(!session.matches(&secret(7)), "the secret before stops working");
         assert!(session.matches(&secret(8)));
+        // A client that resumed with the older one keeps it good across the next rotation.
+        session.resumed_with(secret(8));
+        session.rotate_secret([9; 16]);
+        assert!(session.matches(&secret(8)) && session.matches(&secret(9)) && !session.matches(&secret(7)));
         assert_eq!((session.acked(), session.delivered(), session.queued()), (0, 0, 0));
     }
 

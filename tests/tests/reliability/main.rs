@@ -7,9 +7,11 @@
 //! prints what it measured (run with `-- --nocapture` to see it).
 
 mod decoder_memory;
+mod delivery;
 mod hostile;
 mod limits;
 mod netns;
+mod netns_keep;
 mod nothing_lost;
 mod restart;
 mod shutdown;

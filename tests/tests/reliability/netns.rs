@@ -20,7 +20,7 @@ use crate::{bind, client_config, patience, scale, serial, server_config};
 
 /// Runs `test` on a thread inside a fresh namespace, under a local executor that the test can
 /// spawn the client's driver on; or reports the test as skipped.
-fn in_namespace<F>(
+pub(crate) fn in_namespace<F>(
     name: &str,
     test: impl FnOnce(Arc<Netns>, Rc<smol::LocalExecutor<'static>>) -> F + Send + 'static,
 ) -> anyhow::Result<()>
@@ -39,7 +39,7 @@ where
 }
 
 /// Runs an `iptables` change off the executor thread (the client's driver runs on it).
-async fn apply(netns: &Arc<Netns>, port: u16, cut: Cut, on: bool) -> anyhow::Result<()> {
+pub(crate) async fn apply(netns: &Arc<Netns>, port: u16, cut: Cut, on: bool) -> anyhow::Result<()> {
     let netns = netns.clone();
     smol::unblock(move || if on { netns.cut(port, cut) } else { netns.restore(port, cut) }).await
 }
