@@ -761,6 +761,18 @@ impl RawV2 {
     }
 
     /// The next frame that is not a `PULSE` or an `ACK`.
+    /// Reads up to the next `PULSE` and answers it: the client shows it got its `WELCOME`.
+    fn answer_a_pulse(&mut self) -> anyhow::Result<()> {
+        loop {
+            let mut line = String::new();
+            anyhow::ensure!(self.reader.read_line(&mut line)? > 0, "connection closed");
+            if let Some(seq) = line.trim_end().strip_prefix("PULSE ") {
+                self.writer.write_all(format!("ALIVE {seq}\n").as_bytes())?;
+                return Ok(());
+            }
+        }
+    }
+
     fn next(&mut self) -> anyhow::Result<RawFrame> {
         loop {
             let mut line = String::new();
@@ -1905,8 +1917,17 @@ fn a_resume_over_a_connection_the_server_still_holds_takes_the_session_over_and_
         })
         .await?;
 
-        // The old secret opens nothing any more: a HELLO with it gets a fresh session (and,
-        // the same anonymous subject, takes the id over).
+        // Once the client answered a pulse on the new connection (it has the new secret), the
+        // old secret opens nothing any more: a HELLO with it gets a fresh session (and, the
+        // same anonymous subject, takes the id over).
+        new.answer_a_pulse()?;
+        // The answer is in once the server measured its round trip (bounded wait).
+        let answered = pulsewire_tests::within(patience(), async {
+            while !server.online().await.iter().any(|p| p.id.as_str() == "taker" && p.last_rtt.is_some()) {
+                smol::Timer::after(ms(5)).await;
+            }
+        });
+        anyhow::ensure!(answered.await.is_some(), "the server never saw the answer to its pulse");
         let (_third, fresh) = RawV2::hello(addr, &format!("HELLO 2 taker resume={secret} rx=3\n"))?;
         let replaced = new.next_line()?;
         read_server_until(&mut server_events, &ledgers, "the takeover", |l| l.peer("taker").online.len() == 3).await?;
