@@ -250,7 +250,6 @@ impl Transmit {
 /// assert_eq!(machine.send("hello".into()), Ok(1));
 /// assert_eq!(machine.transmit().split().freeze(), &b"ACK 1\nDATA 5 1\nhello"[..]);
 /// ```
-#[derive(Debug)]
 pub struct ServerMachine {
     config: ServerMachineConfig,
     phase: Phase,
@@ -268,6 +267,20 @@ pub struct ServerMachine {
     rtt: Option<Duration>,
     /// The last pulse the hub sent: its number and when.
     last_pulse: Option<(u64, Instant)>,
+}
+
+impl std::fmt::Debug for ServerMachine {
+    /// A summary: never the bytes to write (a `WELCOME` carries the resume secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMachine")
+            .field("phase", &self.phase)
+            .field("version", &self.version)
+            .field("decoder", &self.decoder)
+            .field("pending", &self.transmit.buf.len())
+            .field("session", &self.session)
+            .field("last_heard", &self.last_heard)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerMachine {
@@ -1086,6 +1099,19 @@ mod tests {
         let big = Bytes::from(vec![b'z'; 100]);
         assert_eq!(machine.send(big.clone()), Ok(3), "an empty session takes a message of any size");
         assert_eq!(machine.send("x".into()), Err(SendRefused::Full("x".into())));
+    }
+
+    #[test]
+    fn no_secret_reaches_a_debug_line() {
+        let t0 = Instant::now();
+        let mut machine = ServerMachine::new(t0, config());
+        machine.handle_input(b"HELLO 2 desk-42 token=tok-very-secret\nDATA 1", t0);
+        let session = new_session("desk-42", SessionLimits::default());
+        let secret = session.secret().as_str().to_owned();
+        let _ = machine.poll_event();
+        machine.welcome(session, terms(false), t0);
+        let shown = format!("{machine:?}");
+        assert!(!shown.contains("tok-very-secret") && !shown.contains(&secret), "{shown}");
     }
 
     #[test]

@@ -185,8 +185,9 @@ struct Conn<'a> {
     peer: Arc<Peer>,
     ctx: &'a Context,
     addr: SocketAddr,
-    /// Armed only while the machine has a deadline (the handshake, a delayed `ACK`).
-    timer: Option<Pin<Box<rt::Timer>>>,
+    /// Armed only while the machine has a deadline (the handshake, a delayed `ACK`), with the
+    /// deadline it is set for.
+    timer: Option<(Pin<Box<rt::Timer>>, Instant)>,
     /// Armed only while a write waits for the socket.
     write_timer: Option<Pin<Box<rt::Timer>>>,
     /// The hub has the `HELLO`.
@@ -279,12 +280,16 @@ impl Conn<'_> {
     /// Keeps the timer on the machine's next deadline; false when it fired and the machine
     /// acted on it (the caller looks again).
     fn poll_timer(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let Some(deadline) = self.peer.step(|machine| machine.poll_timeout()) else {
+        let Some(deadline) = self.peer.poll_timeout() else {
             self.timer = None;
             return true;
         };
-        let timer = self.timer.get_or_insert_with(|| Box::pin(rt::Timer::at(deadline)));
-        timer.as_mut().get_mut().reset(deadline);
+        let (timer, armed) = self.timer.get_or_insert_with(|| (Box::pin(rt::Timer::at(deadline)), deadline));
+        if *armed != deadline {
+            // Re-armed only when the deadline moved: each re-arm is a trip to the reactor.
+            timer.as_mut().get_mut().reset(deadline);
+            *armed = deadline;
+        }
         if timer.as_mut().poll(cx).is_pending() {
             return true;
         }

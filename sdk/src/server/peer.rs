@@ -146,6 +146,11 @@ impl Peer {
         self.state().machine.wants_input()
     }
 
+    /// The machine's next deadline.
+    pub(super) fn poll_timeout(&self) -> Option<std::time::Instant> {
+        self.state().machine.poll_timeout()
+    }
+
     /// Bytes of a frame received in part (0 between frames).
     pub(super) fn buffered(&self) -> usize {
         self.state().machine.buffered()
