@@ -373,7 +373,12 @@ impl ServerMachine {
 
     /// The next event, in order.
     pub fn poll_event(&mut self) -> Option<ServerMachineEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            // Drained: a server with thousands of quiet peers keeps no queue per peer.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Whether events wait to be taken.

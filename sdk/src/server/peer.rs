@@ -34,10 +34,11 @@ struct State {
     machine: ServerMachine,
     /// The peer's id, from its `HELLO`: the application's events name it.
     id: Option<ClientId>,
-    /// A `HELLO` the connection task has not handed to the hub yet.
-    hello: Option<Hello>,
+    /// A `HELLO` the connection task has not handed to the hub yet (boxed, as the end below:
+    /// each is there for a moment of a connection's life, and every connection holds the slot).
+    hello: Option<Box<Hello>>,
     /// How the machine ended the connection, once it did.
-    end: Option<ConnEnd>,
+    end: Option<Box<ConnEnd>>,
     /// Close at once, without writing anything more (the server was aborted).
     cut: bool,
 }
@@ -101,7 +102,7 @@ impl Peer {
             match event {
                 ServerMachineEvent::Hello { version, client_id, token, resume } => {
                     *id = Some(client_id.clone());
-                    *hello = Some(Hello { version, client_id, token, resume });
+                    *hello = Some(Box::new(Hello { version, client_id, token, resume }));
                     wake = true;
                 }
                 ServerMachineEvent::Message { seq, payload } => {
@@ -116,7 +117,7 @@ impl Peer {
                     }
                 }
                 ServerMachineEvent::Closed { reason } => {
-                    *end = Some(reason);
+                    *end = Some(Box::new(reason));
                     wake = true;
                 }
             }
@@ -138,7 +139,7 @@ impl Peer {
 
     /// The `HELLO` waiting to be handed to the hub, if one is.
     pub(super) fn take_hello(&self) -> Option<Hello> {
-        self.state().hello.take()
+        self.state().hello.take().map(|hello| *hello)
     }
 
     /// Whether the machine takes input now (not while its `HELLO` waits for the hub's answer).
@@ -213,7 +214,7 @@ impl Peer {
             }
         }
         Poll::Ready(Ok(match state.end.take() {
-            Some(end) => Outgoing::Ended(end),
+            Some(end) => Outgoing::Ended(*end),
             None => Outgoing::Idle,
         }))
     }
