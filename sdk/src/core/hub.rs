@@ -26,6 +26,12 @@ pub trait PeerLink {
     /// Runs `step` on the connection's machine; the server's shell then writes at once what the
     /// machine asked for (one non-blocking write) and wakes the connection's task for the rest.
     fn with_machine<R>(&self, step: impl FnOnce(&mut ServerMachine) -> R) -> R;
+
+    /// Reads the connection's machine without a step: nothing to write, nothing to hand on
+    /// (the hub's look at every peer on each tick costs no more than that).
+    fn peek<R>(&self, read: impl FnOnce(&ServerMachine) -> R) -> R {
+        self.with_machine(|machine| read(machine))
+    }
 }
 
 /// What the hub core needs to know.
@@ -173,7 +179,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
             let attached = self.list.key(&client_id).filter(|&old| {
                 self.list
                     .link_of(old)
-                    .is_some_and(|link| link.with_machine(|m| m.session().is_some_and(|s| s.matches(&secret))))
+                    .is_some_and(|link| link.peek(|m| m.session().is_some_and(|s| s.matches(&secret))))
             });
             let mut found = None;
             if let Some(old) = attached {
@@ -275,7 +281,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
 
     fn depart(&mut self, gone: Departed<L>, session: Option<ServerSession>, reason: OfflineReason, now: Instant) {
         let info = gone.info;
-        let v2 = gone.link.with_machine(|machine| machine.version()).is_some_and(|v| v > MIN_PROTOCOL_VERSION);
+        let v2 = gone.link.peek(|machine| machine.version()).is_some_and(|v| v > MIN_PROTOCOL_VERSION);
         match session {
             Some(session) if v2 && self.keeps_session(&reason) => {
                 tracing::info!(peer = %info.id, addr = %info.addr, %reason, "peer detached: session kept");
@@ -328,7 +334,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
         let limit = self.config.outbound_queue;
         let evicted = self.list.tick_observed(
             now,
-            |link| link.with_machine(|machine| machine.observation()),
+            |link| link.peek(|machine| machine.observation()),
             |link, seq| {
                 link.with_machine(|machine| {
                     // A closed peer is leaving, and its departure is already on the way.
@@ -388,7 +394,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
 
     /// The online list, with what each connection observed applied.
     pub fn online(&mut self) -> Vec<PeerInfo> {
-        self.list.observe(|link| link.with_machine(|machine| machine.observation()));
+        self.list.observe(|link| link.peek(|machine| machine.observation()));
         self.list.snapshot()
     }
 

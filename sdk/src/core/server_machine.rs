@@ -33,7 +33,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::delivery::{Receipt, DEFAULT_ACK_DELAY};
 use super::online::Observation;
@@ -43,9 +43,6 @@ use crate::protocol::{
     ClientId, DecodeError, Decoder, ErrorCode, Frame, Resume, Token, WelcomeResume, DEFAULT_MAX_PAYLOAD,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-
-/// An emptied transmit buffer larger than this is given back.
-const KEEP_CAPACITY: usize = 1024;
 
 /// The settings of one connection's machine.
 ///
@@ -200,11 +197,13 @@ impl Transmit {
         self.frames += 1;
     }
 
-    /// Forgets what the socket took: the frame count restarts and a large buffer is given back.
+    /// Forgets what the socket took: the frame count restarts and the buffer is given back (a
+    /// server holds thousands of connections, nearly all with nothing to write; a pulse's
+    /// allocation costs far less than its write).
     fn settle(&mut self) {
         if self.buf.is_empty() {
             self.frames = 0;
-            if self.buf.capacity() > KEEP_CAPACITY {
+            if self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
             }
         }
@@ -251,22 +250,33 @@ impl Transmit {
 /// assert_eq!(machine.transmit().split().freeze(), &b"ACK 1\nDATA 5 1\nhello"[..]);
 /// ```
 pub struct ServerMachine {
-    config: ServerMachineConfig,
     phase: Phase,
-    decoder: Decoder,
-    transmit: Transmit,
-    events: VecDeque<ServerMachineEvent>,
-    handshake_deadline: Instant,
     /// The peer's protocol version, from its `HELLO` (0 before).
     version: u32,
-    /// The `rx` of the peer's `HELLO`: the highest server message its application was given.
-    resume_rx: Option<u64>,
+    ack_delay: Duration,
+    decoder: Decoder,
+    transmit: Transmit,
+    /// Boxed, and only while events wait: a server holds thousands of quiet connections, and
+    /// a box is a third of an empty queue's size.
+    #[allow(clippy::box_collection)]
+    events: Option<Box<VecDeque<ServerMachineEvent>>>,
+    /// Until `WELCOME`: what only the handshake needs (boxed: gone for the connection's life).
+    handshake: Option<Box<HandshakeState>>,
     /// The session, from `WELCOME` on.
     session: Option<ServerSession>,
     last_heard: Option<Instant>,
     rtt: Option<Duration>,
     /// The last pulse the hub sent: its number and when.
     last_pulse: Option<(u64, Instant)>,
+}
+
+/// What a connection needs only until its `WELCOME`.
+#[derive(Debug)]
+struct HandshakeState {
+    deadline: Instant,
+    timeout: Duration,
+    /// The `rx` of the peer's `HELLO`: the highest server message its application was given.
+    resume_rx: Option<u64>,
 }
 
 impl std::fmt::Debug for ServerMachine {
@@ -286,15 +296,19 @@ impl std::fmt::Debug for ServerMachine {
 impl ServerMachine {
     /// A connection accepted at `now`: it must send `HELLO` within the handshake timeout.
     pub fn new(now: Instant, config: ServerMachineConfig) -> ServerMachine {
-        ServerMachine {
-            decoder: Decoder::new(config.max_payload),
-            handshake_deadline: now + config.handshake_timeout,
-            config,
-            phase: Phase::Handshake,
-            transmit: Transmit::default(),
-            events: VecDeque::new(),
-            version: 0,
+        let handshake = HandshakeState {
+            deadline: now + config.handshake_timeout,
+            timeout: config.handshake_timeout,
             resume_rx: None,
+        };
+        ServerMachine {
+            phase: Phase::Handshake,
+            version: 0,
+            ack_delay: config.ack_delay,
+            decoder: Decoder::new(config.max_payload),
+            transmit: Transmit::default(),
+            events: None,
+            handshake: Some(Box::new(handshake)),
             session: None,
             last_heard: None,
             rtt: None,
@@ -323,7 +337,7 @@ impl ServerMachine {
     pub fn filled(&mut self, n: usize, now: Instant) {
         self.decoder.filled(n);
         if self.phase == Phase::Closed {
-            self.decoder = Decoder::new(self.config.max_payload);
+            self.decoder = Decoder::new(self.decoder.max_payload());
             return;
         }
         self.process(now);
@@ -349,7 +363,8 @@ impl ServerMachine {
             if self.deadline(timer).is_some_and(|at| at <= now) {
                 match timer {
                     Timer::Handshake => {
-                        let text = format!("no HELLO within {} ms", self.config.handshake_timeout.as_millis());
+                        let timeout = self.handshake.as_ref().map_or(Duration::ZERO, |h| h.timeout);
+                        let text = format!("no HELLO within {} ms", timeout.as_millis());
                         self.end(ConnEnd::HandshakeTimeout, Some(Frame::error(ErrorCode::Timeout, text)));
                     }
                     Timer::Ack => self.write_ack(),
@@ -365,7 +380,7 @@ impl ServerMachine {
 
     fn deadline(&self, timer: Timer) -> Option<Instant> {
         match (timer, self.phase) {
-            (Timer::Handshake, Phase::Handshake) => Some(self.handshake_deadline),
+            (Timer::Handshake, Phase::Handshake) => self.handshake.as_ref().map(|h| h.deadline),
             (Timer::Ack, Phase::Open) => self.session.as_ref()?.inbound.ack_deadline(),
             _ => None,
         }
@@ -373,17 +388,21 @@ impl ServerMachine {
 
     /// The next event, in order.
     pub fn poll_event(&mut self) -> Option<ServerMachineEvent> {
-        let event = self.events.pop_front();
-        if event.is_none() && self.events.capacity() > 0 {
+        let event = self.events.as_mut()?.pop_front();
+        if event.is_none() {
             // Drained: a server with thousands of quiet peers keeps no queue per peer.
-            self.events = VecDeque::new();
+            self.events = None;
         }
         event
     }
 
     /// Whether events wait to be taken.
     pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
+        self.events.as_ref().is_some_and(|events| !events.is_empty())
+    }
+
+    fn emit(&mut self, event: ServerMachineEvent) {
+        self.events.get_or_insert_with(Box::default).push_back(event);
     }
 
     /// The bytes to write, in order: the shell writes from the front and advances the buffer
@@ -391,6 +410,13 @@ impl ServerMachine {
     pub fn transmit(&mut self) -> &mut BytesMut {
         self.transmit.settle();
         &mut self.transmit.buf
+    }
+
+    /// The socket took the first `n` bytes of [`ServerMachine::transmit`].
+    pub fn written(&mut self, n: usize) {
+        let n = n.min(self.transmit.buf.len());
+        self.transmit.buf.advance(n);
+        self.transmit.settle();
     }
 
     /// How many frames went into [`ServerMachine::transmit`] since it was last empty: the
@@ -430,12 +456,12 @@ impl ServerMachine {
         let resume = if self.version == MIN_PROTOCOL_VERSION {
             None
         } else {
-            let rx = if resumed { self.resume_rx.unwrap_or(0) } else { 0 };
+            let rx = if resumed { self.handshake.as_ref().and_then(|h| h.resume_rx).unwrap_or(0) } else { 0 };
             if resumed {
                 match session.outbound.resume(rx) {
                     Ok(released) => {
                         if !released.is_empty() {
-                            self.events.push_back(ServerMachineEvent::Delivered { up_to: session.outbound.acked() });
+                            self.emit(ServerMachineEvent::Delivered { up_to: session.outbound.acked() });
                         }
                     }
                     Err(above) => {
@@ -463,6 +489,7 @@ impl ServerMachine {
         self.transmit.push(&Frame::Welcome { session: session.id().clone(), interval, max_missed, resume });
         self.session = Some(session);
         self.phase = Phase::Open;
+        self.handshake = None;
         self.write_unwritten();
         self.process(now);
     }
@@ -607,9 +634,11 @@ impl ServerMachine {
         }
         self.version = version;
         self.last_heard = Some(now);
-        self.resume_rx = resume.as_ref().map(|resume| resume.rx);
+        if let Some(handshake) = self.handshake.as_mut() {
+            handshake.resume_rx = resume.as_ref().map(|resume| resume.rx);
+        }
         self.phase = Phase::AwaitingWelcome;
-        self.events.push_back(ServerMachineEvent::Hello { version, client_id, token, resume });
+        self.emit(ServerMachineEvent::Hello { version, client_id, token, resume });
     }
 
     fn dispatch(&mut self, frame: Frame, now: Instant) {
@@ -630,7 +659,7 @@ impl ServerMachine {
                 }
             }
             Frame::Data { seq: None, payload } if self.version == MIN_PROTOCOL_VERSION => {
-                self.events.push_back(ServerMachineEvent::Message { seq: 0, payload });
+                self.emit(ServerMachineEvent::Message { seq: 0, payload });
             }
             Frame::Data { seq: None, .. } => self.violation(malformed("DATA", "a version 2 message needs a number")),
             Frame::Data { seq: Some(seq), payload } => self.receive(seq, payload, now),
@@ -646,9 +675,9 @@ impl ServerMachine {
     /// A numbered message (version 2; version 1's decoding refused the form already).
     fn receive(&mut self, seq: u64, payload: Bytes, now: Instant) {
         let Some(session) = self.session.as_mut() else { return };
-        match session.inbound.receive(seq, now, self.config.ack_delay) {
-            Ok(Receipt::Deliver) => self.events.push_back(ServerMachineEvent::Message { seq, payload }),
-            Ok(Receipt::Volatile) => self.events.push_back(ServerMachineEvent::Message { seq: 0, payload }),
+        match session.inbound.receive(seq, now, self.ack_delay) {
+            Ok(Receipt::Deliver) => self.emit(ServerMachineEvent::Message { seq, payload }),
+            Ok(Receipt::Volatile) => self.emit(ServerMachineEvent::Message { seq: 0, payload }),
             Ok(Receipt::Replay) => {}
             Err(gap) => self.violation(malformed("DATA", gap.to_string())),
         }
@@ -659,7 +688,10 @@ impl ServerMachine {
         let Some(session) = self.session.as_mut() else { return };
         match session.outbound.ack(seq) {
             Ok(released) if released.is_empty() => {}
-            Ok(_) => self.events.push_back(ServerMachineEvent::Delivered { up_to: session.outbound.acked() }),
+            Ok(_) => {
+                let up_to = session.outbound.acked();
+                self.emit(ServerMachineEvent::Delivered { up_to });
+            }
             Err(above) => self.violation(malformed("ACK", above.to_string())),
         }
     }
@@ -693,12 +725,13 @@ impl ServerMachine {
             self.transmit.push(&frame);
         }
         self.phase = Phase::Closed;
+        self.handshake = None;
         // What the peer sent after this is never decoded: its memory goes now.
-        self.decoder = Decoder::new(self.config.max_payload);
+        self.decoder = Decoder::new(self.decoder.max_payload());
         if let Some(session) = self.session.as_mut() {
             session.outbound.connection_lost();
         }
-        self.events.push_back(ServerMachineEvent::Closed { reason });
+        self.emit(ServerMachineEvent::Closed { reason });
     }
 }
 

@@ -138,15 +138,21 @@ impl std::error::Error for DecodeError {}
 pub struct Decoder {
     buf: BytesMut,
     max_payload: usize,
-    /// The length of a `DATA` payload whose header was consumed but whose bytes are still due.
-    payload_due: Option<usize>,
-    /// The `seq` of that header.
-    payload_seq: Option<u64>,
+    /// A `DATA` header consumed whose payload bytes are still due.
+    payload: Option<PayloadDue>,
     /// How far into `buf` a newline has already been looked for.
     scanned: usize,
     /// Where the region handed out by `read_buf` starts, while it is outstanding.
     unfilled: Option<usize>,
-    failed: Option<DecodeError>,
+    /// Boxed: a server holds a decoder per connection, and almost none ever fails.
+    failed: Option<Box<DecodeError>>,
+}
+
+/// The payload a `DATA` header announced.
+#[derive(Debug, Clone, Copy)]
+struct PayloadDue {
+    len: usize,
+    seq: Option<u64>,
 }
 
 impl fmt::Debug for Decoder {
@@ -155,7 +161,7 @@ impl fmt::Debug for Decoder {
         f.debug_struct("Decoder")
             .field("buffered", &self.buffered())
             .field("max_payload", &self.max_payload)
-            .field("payload_due", &self.payload_due)
+            .field("payload_due", &self.payload.map(|due| due.len))
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
@@ -167,15 +173,7 @@ const READ_CHUNK: usize = 512;
 impl Decoder {
     /// A decoder accepting `DATA` payloads of up to `max_payload` bytes.
     pub fn new(max_payload: usize) -> Decoder {
-        Decoder {
-            buf: BytesMut::new(),
-            max_payload,
-            payload_due: None,
-            payload_seq: None,
-            scanned: 0,
-            unfilled: None,
-            failed: None,
-        }
+        Decoder { buf: BytesMut::new(), max_payload, payload: None, scanned: 0, unfilled: None, failed: None }
     }
 
     /// The payload limit this decoder enforces.
@@ -222,7 +220,7 @@ impl Decoder {
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.close_region();
         let start = self.buf.len();
-        let want = match self.payload_due {
+        let want = match self.payload.map(|due| due.len) {
             // Read a large payload in large steps, but never more than it still needs.
             Some(due) => due.saturating_sub(start).clamp(READ_CHUNK, 64 * 1024),
             None => READ_CHUNK,
@@ -248,11 +246,11 @@ impl Decoder {
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
         self.close_region();
         if let Some(error) = &self.failed {
-            return Err(error.clone());
+            return Err(DecodeError::clone(error));
         }
         let result = self.decode();
         if let Err(error) = &result {
-            self.failed = Some(error.clone());
+            self.failed = Some(Box::new(error.clone()));
         }
         // Between frames a decoder holds no memory: a server with thousands of idle peers
         // keeps no buffer per peer, and allocating one for the next read costs far less than
@@ -280,18 +278,18 @@ impl Decoder {
             },
             _ => return Ok(frame),
         };
-        self.failed = Some(error.clone());
+        self.failed = Some(Box::new(error.clone()));
         Err(error)
     }
 
     fn decode(&mut self) -> Result<Option<Frame>, DecodeError> {
-        if let Some(len) = self.payload_due {
+        if let Some(PayloadDue { len, seq }) = self.payload {
             if self.buf.len() < len {
                 return Ok(None);
             }
-            self.payload_due = None;
+            self.payload = None;
             let payload = self.buf.split_to(len).freeze();
-            return Ok(Some(Frame::Data { seq: self.payload_seq.take(), payload }));
+            return Ok(Some(Frame::Data { seq, payload }));
         }
         // The first bytes of the line decide its limit; a line shorter than `HELLO ` is under
         // either limit, so deciding before they are all in costs nothing.
@@ -314,8 +312,7 @@ impl Decoder {
             Parsed::DataHeader { len: 0, seq } => Ok(Some(Frame::Data { seq, payload: Bytes::new() })),
             Parsed::DataHeader { len, seq } => {
                 // No room is reserved up front: the buffer grows only as the bytes arrive.
-                self.payload_due = Some(len);
-                self.payload_seq = seq;
+                self.payload = Some(PayloadDue { len, seq });
                 self.decode()
             }
         }

@@ -102,6 +102,12 @@ impl Socket {
         Pin::new(&mut &self.0).poll_read(cx, buf)
     }
 
+    /// Ready when the reactor reported the socket readable since the last call (which may be
+    /// the readiness a read already consumed); otherwise registers for the next report.
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_readable(cx)
+    }
+
     /// Reads into `buf`.
     pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         future::poll_fn(|cx| self.poll_read(cx, buf)).await

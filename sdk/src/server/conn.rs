@@ -12,6 +12,8 @@ use std::task::Poll;
 use futures::future::poll_fn;
 use futures::Future;
 
+use super::TaskGuard;
+
 use super::admission::{Admitted, Gate, Slot};
 use super::hub::HubMsg;
 use super::peer::{Outgoing, Peer};
@@ -56,16 +58,11 @@ pub(super) async fn accept_loop(listener: Listener, ctx: Arc<Context>) {
             Ok((stream, addr)) => {
                 let guard = ctx.tracker.guard();
                 match ctx.gate.admit(addr.ip()) {
-                    Admitted::Handshake(mut slot) => {
+                    Admitted::Handshake(slot) => {
                         let key = ctx.keys.fetch_add(1, Ordering::Relaxed) + 1;
-                        let ctx = ctx.clone();
-                        rt::spawn(async move {
-                            serve(stream, addr, key, &mut slot, &ctx).await;
-                            // The socket (closed by `serve`) and the place in the limits are
-                            // released before the task counts as finished.
-                            drop(slot);
-                            drop(guard);
-                        });
+                        // The task's future is the connection itself, with nothing around it:
+                        // a server holds one per peer.
+                        rt::spawn(Conn::new(stream, addr, key, slot, guard, ctx.clone()).serve());
                     }
                     Admitted::Refused(slot, refusal) => {
                         let halt = ctx.halt.clone();
@@ -93,40 +90,6 @@ pub(super) async fn accept_loop(listener: Listener, ctx: Arc<Context>) {
             }
         }
     }
-}
-
-/// One connection, from its first byte to its close.
-///
-/// The connection's [`ServerMachine`] does the protocol; this task moves bytes, sleeps until
-/// the machine's next deadline and hands the `HELLO` to the hub. Until the hub has the
-/// `HELLO`, an abort or a shutdown of the server ends the connection from here; after that, the
-/// hub reaches it through its [`Peer`].
-async fn serve(socket: Socket, addr: SocketAddr, key: u64, slot: &mut Slot, ctx: &Context) {
-    let config = &ctx.config;
-    let machine_config = ServerMachineConfig {
-        max_payload: config.max_payload,
-        handshake_timeout: config.handshake_timeout,
-        ack_delay: DEFAULT_ACK_DELAY,
-    };
-    let machine = ServerMachine::new(Instant::now(), machine_config);
-    let peer = Arc::new(Peer::new(socket, key, machine, ctx.events.clone()));
-    let mut conn = Conn { peer, ctx, addr, timer: None, write_timer: None, joined: false };
-    let first = Box::pin(async {
-        let handshake = poll_fn(|cx| conn.poll_conn(cx, Some(&mut *slot)));
-        unless(&ctx.halt, unless(&ctx.stop, handshake)).await
-    })
-    .await;
-    let end = match first {
-        // Aborted: cut without a word.
-        None => return conn.peer.socket().shutdown(),
-        Some(None) => {
-            let error = Frame::error(ErrorCode::Shutdown, "the server is shutting down");
-            return Box::pin(reject(conn.peer.socket(), addr, error)).await;
-        }
-        Some(Some(Handshake::Ended(end))) => end,
-        Some(Some(Handshake::Joined)) => (&mut conn).await,
-    };
-    Box::pin(close(&conn.peer, end, addr, key, conn.joined, ctx)).await;
 }
 
 /// How the handshake phase of a connection ended.
@@ -181,36 +144,95 @@ enum End {
 }
 
 /// A connection's task: everything it holds for the connection's life, and nothing more.
-struct Conn<'a> {
+struct Conn {
     peer: Arc<Peer>,
-    ctx: &'a Context,
+    ctx: Arc<Context>,
     addr: SocketAddr,
     /// Armed only while the machine has a deadline (the handshake, a delayed `ACK`), with the
     /// deadline it is set for.
     timer: Option<(Pin<Box<rt::Timer>>, Instant)>,
     /// Armed only while a write waits for the socket.
     write_timer: Option<Pin<Box<rt::Timer>>>,
+    /// The connection's place in the limits (dropped after the socket is closed, and before
+    /// the task counts as finished: fields drop in order).
+    slot: Slot,
+    _guard: TaskGuard,
     /// The hub has the `HELLO`.
     joined: bool,
 }
 
-impl Future for Conn<'_> {
-    type Output = End;
+impl Conn {
+    fn new(socket: Socket, addr: SocketAddr, key: u64, slot: Slot, guard: TaskGuard, ctx: Arc<Context>) -> Conn {
+        let config = &ctx.config;
+        let machine_config = ServerMachineConfig {
+            max_payload: config.max_payload,
+            handshake_timeout: config.handshake_timeout,
+            ack_delay: DEFAULT_ACK_DELAY,
+        };
+        let machine = ServerMachine::new(Instant::now(), machine_config);
+        let peer = Arc::new(Peer::new(socket, key, machine, ctx.events.clone()));
+        Conn { peer, ctx, addr, timer: None, write_timer: None, slot, _guard: guard, joined: false }
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<End> {
-        match self.as_mut().get_mut().poll_conn(cx, None) {
-            Poll::Ready(Handshake::Ended(end)) => Poll::Ready(end),
-            Poll::Ready(Handshake::Joined) => unreachable!("joins only while a slot is given"),
-            Poll::Pending => Poll::Pending,
+    /// One connection, from its first byte to its close.
+    ///
+    /// The connection's [`ServerMachine`] does the protocol; this task moves bytes, sleeps
+    /// until the machine's next deadline and hands the `HELLO` to the hub. Until the hub has
+    /// the `HELLO`, an abort or a shutdown of the server ends the connection from here; after
+    /// that, the hub reaches it through its [`Peer`].
+    ///
+    /// Only what every phase needs stays in the task's future; each phase that holds more for
+    /// a moment (the handshake, the close) is boxed for that moment.
+    // Not an `async fn`: its argument would be stored twice in the future (as the argument,
+    // and as the body's copy of it).
+    #[allow(clippy::manual_async_fn)]
+    fn serve(mut self) -> impl Future<Output = ()> {
+        async move {
+            let end = match Box::pin(self.handshake()).await {
+                Ok(()) => {
+                    poll_fn(|cx| match self.poll_conn(cx, false) {
+                        Poll::Ready(Handshake::Ended(end)) => Poll::Ready(end),
+                        Poll::Ready(Handshake::Joined) => unreachable!("joins only in the handshake"),
+                        Poll::Pending => Poll::Pending,
+                    })
+                    .await
+                }
+                Err(Some(end)) => end,
+                // Cut, or refused: nothing more to do.
+                Err(None) => return,
+            };
+            let ctx = self.ctx.clone();
+            Box::pin(close(&self.peer, end, self.addr, self.peer.key(), self.joined, &ctx)).await;
         }
     }
-}
 
-impl Conn<'_> {
-    /// Serves the connection. With `slot` (the handshake phase), returns `Joined` once the
-    /// hub has the `HELLO`; without, runs until the connection ends.
-    fn poll_conn(&mut self, cx: &mut std::task::Context<'_>, mut slot: Option<&mut Slot>) -> Poll<Handshake> {
+    /// Until the hub has the `HELLO` (`Ok`), or the connection ended: with how, unless an
+    /// abort cut it or a shutdown refused it here.
+    async fn handshake(&mut self) -> Result<(), Option<End>> {
+        let ctx = self.ctx.clone();
+        let handshake = poll_fn(|cx| self.poll_conn(cx, true));
+        match unless(&ctx.halt, unless(&ctx.stop, handshake)).await {
+            // Aborted: cut without a word.
+            None => {
+                self.peer.socket().shutdown();
+                Err(None)
+            }
+            Some(None) => {
+                let error = Frame::error(ErrorCode::Shutdown, "the server is shutting down");
+                reject(self.peer.socket(), self.addr, error).await;
+                Err(None)
+            }
+            Some(Some(Handshake::Ended(end))) => Err(Some(end)),
+            Some(Some(Handshake::Joined)) => Ok(()),
+        }
+    }
+
+    /// Serves the connection. In the handshake phase, returns `Joined` once the hub has the
+    /// `HELLO`; after it, runs until the connection ends.
+    fn poll_conn(&mut self, cx: &mut std::task::Context<'_>, handshake: bool) -> Poll<Handshake> {
         let peer = self.peer.clone();
+        // Whether the last read took less than it could: the socket had nothing more then.
+        let mut emptied = false;
         for _ in 0..READS_PER_POLL {
             match peer.poll_outgoing(cx) {
                 Poll::Ready(Ok(Outgoing::Cut)) => return Poll::Ready(Handshake::Ended(End::Cut)),
@@ -227,11 +249,12 @@ impl Conn<'_> {
                     }
                 }
             }
-            if let Some(hello) = peer.take_hello() {
+            let status = peer.status();
+            if let Some(hello) = status.hello {
                 // The peer spoke: its handshake no longer counts as in flight (before anything
                 // can answer it, so that a client that got its `WELCOME` is never counted).
-                if let Some(slot) = slot.as_deref_mut() {
-                    slot.settle();
+                if handshake {
+                    self.slot.settle();
                 }
                 let join = HubMsg::Join { hello, addr: self.addr, peer: peer.clone() };
                 if self.ctx.hub.try_send(join).is_err() {
@@ -240,35 +263,48 @@ impl Conn<'_> {
                     continue;
                 }
                 self.joined = true;
-                if slot.is_some() {
+                if handshake {
                     return Poll::Ready(Handshake::Joined);
                 }
             }
-            if !self.poll_timer(cx) {
+            if !self.poll_timer(cx, status.deadline) {
                 continue;
             }
-            if peer.pending() > READ_PAUSE || !peer.wants_input() {
+            if status.pending > READ_PAUSE || !status.wants_input {
                 // The socket's writability, or the hub's answer to the `HELLO`, wakes us.
                 return Poll::Pending;
             }
-            let now = Instant::now();
-            let read = if peer.buffered() > 0 {
+            if emptied {
+                // Wait for more without a read that would only say "nothing yet" (a system
+                // call per answer): the first answer may be the readiness the last read
+                // consumed, the second registers with the reactor, which reports at once
+                // whatever arrived in between.
+                for _ in 0..2 {
+                    match peer.socket().poll_readable(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(error)) => return self.lost(OfflineReason::from_io(&error)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+            }
+            let read = if status.buffered > 0 {
                 // The rest of a frame: straight into the machine's buffer.
-                peer.poll_read_into_machine(cx, now)
+                peer.poll_read_into_machine(cx)
             } else {
                 let mut chunk = [0u8; READ_CHUNK];
                 match peer.socket().poll_read(cx, &mut chunk) {
                     Poll::Ready(Ok(n)) if n > 0 => {
+                        let now = Instant::now();
                         peer.step(|machine| machine.handle_input(&chunk[..n], now));
-                        Poll::Ready(Ok(n))
+                        Poll::Ready(Ok((n, READ_CHUNK)))
                     }
-                    other => other,
+                    other => other.map_ok(|n| (n, READ_CHUNK)),
                 }
             };
             match read {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return self.lost(OfflineReason::Eof),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok((0, _))) => return self.lost(OfflineReason::Eof),
+                Poll::Ready(Ok((n, room))) => emptied = n < room,
                 Poll::Ready(Err(error)) => return self.lost(OfflineReason::from_io(&error)),
             }
         }
@@ -279,8 +315,8 @@ impl Conn<'_> {
 
     /// Keeps the timer on the machine's next deadline; false when it fired and the machine
     /// acted on it (the caller looks again).
-    fn poll_timer(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let Some(deadline) = self.peer.poll_timeout() else {
+    fn poll_timer(&mut self, cx: &mut std::task::Context<'_>, deadline: Option<Instant>) -> bool {
+        let Some(deadline) = deadline else {
             self.timer = None;
             return true;
         };

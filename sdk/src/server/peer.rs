@@ -13,7 +13,6 @@ use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
-use bytes::Buf;
 use futures::task::AtomicWaker;
 
 use super::ServerEvent;
@@ -51,6 +50,20 @@ pub(super) struct Hello {
     #[allow(dead_code)]
     pub(super) token: Option<Token>,
     pub(super) resume: Option<Resume>,
+}
+
+/// The state of a connection, as its task looks at it.
+pub(super) struct Status {
+    /// The `HELLO` to hand to the hub, taken.
+    pub(super) hello: Option<Hello>,
+    /// The machine's next deadline.
+    pub(super) deadline: Option<std::time::Instant>,
+    /// Bytes waiting for the socket.
+    pub(super) pending: usize,
+    /// Whether the machine takes input now (not while its `HELLO` waits for the hub's answer).
+    pub(super) wants_input: bool,
+    /// Bytes of a frame received in part (0 between frames).
+    pub(super) buffered: usize,
 }
 
 /// What the connection task must do after waiting on its outbox.
@@ -126,9 +139,9 @@ impl Peer {
         if !transmit.is_empty() {
             // A failed write is left for the connection task, which meets the error again.
             if let Ok(n) = self.socket.try_write(transmit) {
-                transmit.advance(n);
+                machine.written(n);
             }
-            wake |= !transmit.is_empty();
+            wake |= !machine.transmit().is_empty();
         }
         drop(state);
         if wake {
@@ -137,49 +150,46 @@ impl Peer {
         result
     }
 
-    /// The `HELLO` waiting to be handed to the hub, if one is.
-    pub(super) fn take_hello(&self) -> Option<Hello> {
-        self.state().hello.take().map(|hello| *hello)
-    }
-
-    /// Whether the machine takes input now (not while its `HELLO` waits for the hub's answer).
-    pub(super) fn wants_input(&self) -> bool {
-        self.state().machine.wants_input()
-    }
-
-    /// The machine's next deadline.
-    pub(super) fn poll_timeout(&self) -> Option<std::time::Instant> {
-        self.state().machine.poll_timeout()
-    }
-
-    /// Bytes of a frame received in part (0 between frames).
-    pub(super) fn buffered(&self) -> usize {
-        self.state().machine.buffered()
+    /// What the connection task needs to know to go on, under one lock.
+    pub(super) fn status(&self) -> Status {
+        let mut state = self.state();
+        Status {
+            hello: state.hello.take().map(|hello| *hello),
+            deadline: state.machine.poll_timeout(),
+            pending: state.machine.transmit().len(),
+            wants_input: state.machine.wants_input(),
+            buffered: state.machine.buffered(),
+        }
     }
 
     /// Bytes waiting for the socket.
+    #[cfg(test)]
     pub(super) fn pending(&self) -> usize {
         self.state().machine.transmit().len()
     }
 
-    /// Reads the rest of a frame straight into the machine's buffer.
-    pub(super) fn poll_read_into_machine(
-        &self,
-        cx: &mut Context<'_>,
-        now: std::time::Instant,
-    ) -> Poll<io::Result<usize>> {
+    /// The `HELLO` waiting to be handed to the hub, if one is.
+    #[cfg(test)]
+    pub(super) fn take_hello(&self) -> Option<Hello> {
+        self.state().hello.take().map(|hello| *hello)
+    }
+
+    /// Reads the rest of a frame straight into the machine's buffer; returns how much was
+    /// read, and how much room there was.
+    pub(super) fn poll_read_into_machine(&self, cx: &mut Context<'_>) -> Poll<io::Result<(usize, usize)>> {
         let read = {
             let mut state = self.state();
             let region = state.machine.read_buf();
+            let room = region.len();
             let read = self.socket.poll_read(cx, region);
             let n = match &read {
                 Poll::Ready(Ok(n)) => *n,
                 _ => 0,
             };
-            state.machine.filled(n, now);
-            read
+            state.machine.filled(n, std::time::Instant::now());
+            read.map_ok(|n| (n, room))
         };
-        if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+        if matches!(read, Poll::Ready(Ok((n, _))) if n > 0) {
             // The frame may be complete: hand on what it produced.
             self.step(|_| ());
         }
@@ -199,11 +209,10 @@ impl Peer {
         if state.cut {
             return Poll::Ready(Ok(Outgoing::Cut));
         }
-        let transmit = state.machine.transmit();
-        while !transmit.is_empty() {
-            match self.socket.try_write(transmit) {
+        while !state.machine.transmit().is_empty() {
+            match self.socket.try_write(state.machine.transmit()) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => transmit.advance(n),
+                Ok(n) => state.machine.written(n),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     if self.socket.poll_writable(cx)?.is_pending() {
                         return Poll::Pending;
@@ -223,6 +232,10 @@ impl Peer {
 impl PeerLink for std::sync::Arc<Peer> {
     fn with_machine<R>(&self, step: impl FnOnce(&mut ServerMachine) -> R) -> R {
         self.step(step)
+    }
+
+    fn peek<R>(&self, read: impl FnOnce(&ServerMachine) -> R) -> R {
+        read(&self.state().machine)
     }
 }
 
@@ -329,6 +342,17 @@ mod tests {
         let frame_len = header.len() + payload.len();
         assert_eq!(all.len(), sent * frame_len + "BYE shutdown\n".len());
         assert!(all.ends_with(b"xBYE shutdown\n"), "frames in order, none torn");
+    }
+
+    /// A server holds one `Peer` per connection for the connection's life: its size is a
+    /// budget (the bench's memory per peer counts it), and a field added without need fails
+    /// here first.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_connection_stays_within_its_memory_budget() {
+        use std::mem::size_of;
+        assert!(size_of::<ServerMachine>() <= 432, "ServerMachine: {} bytes", size_of::<ServerMachine>());
+        assert!(size_of::<Peer>() <= 536, "Peer: {} bytes", size_of::<Peer>());
     }
 
     #[test]
