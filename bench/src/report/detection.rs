@@ -36,7 +36,8 @@ pub struct Direction {
 pub struct Detection {
     /// A frozen server, seen by each client (`Disconnected { PulseTimeout }`).
     pub server_frozen: Direction,
-    /// A frozen client process, seen by the server (`offline … timeout` on its stdout).
+    /// A frozen client process, seen by the server (`detached … timeout` on its stdout, or
+    /// `offline … timeout` for a peer without a kept session).
     pub client_frozen: Direction,
     /// For the client-frozen direction: the time between the first and last eviction line of
     /// one tick as read from the server's stdout — how late the console printed the last one.

@@ -69,7 +69,10 @@ pub struct ServerLog {
     pub listening: Option<(u64, SocketAddr)>,
     /// Every `online` line.
     pub online: Vec<PeerLine>,
-    /// Every `offline` line.
+    /// Every peer that left the online list: a `detached` line (a protocol 2 peer whose
+    /// connection was lost, its session kept: evicted, say, with reason `timeout`), or an
+    /// `offline` line of a peer that was online (not the end of a session kept detached,
+    /// whose peer left the list when it detached).
     pub offline: Vec<PeerLine>,
     /// How many `online_list` lines, and their bytes (they are counted, not parsed).
     pub lists: usize,
@@ -230,7 +233,10 @@ fn read_server(stdout: impl std::io::Read, log: &(Mutex<ServerLog>, Condvar)) {
         let text = |key: &str| value[key].as_str().unwrap_or("").to_owned();
         match value["event"].as_str() {
             Some("online") => guard.online.push(PeerLine { at, peer: text("peer"), reason: String::new() }),
-            Some("offline") => guard.offline.push(PeerLine { at, peer: text("peer"), reason: text("reason") }),
+            Some("offline") if value["was_detached"].as_bool() == Some(true) => {}
+            Some("offline" | "detached") => {
+                guard.offline.push(PeerLine { at, peer: text("peer"), reason: text("reason") });
+            }
             _ => {}
         }
         drop(guard);
@@ -389,12 +395,17 @@ mod tests {
             "{\"event\":\"online_list\",\"peers\":[{\"id\":\"a\",\"misses\":0}]}\n",
             "{\"event\":\"online_list\",\"peers\":[{\"id\":\"a\",\"misses\":0},{\"id\":\"b\",\"misses\":0}]}\n",
             "{\"event\":\"offline\",\"peer\":\"a\",\"reason\":\"timeout\"}\n",
+            // A protocol 2 peer evicted with its session kept leaves the list once: when it
+            // detaches, not again when its kept session ends.
+            "{\"event\":\"detached\",\"peer\":\"b\",\"reason\":\"timeout\"}\n",
+            "{\"event\":\"offline\",\"peer\":\"b\",\"reason\":\"timeout\",\"was_detached\":true}\n",
         );
         let log: (Mutex<ServerLog>, Condvar) = Default::default();
         read_server(out.as_bytes(), &log);
         let log = lock(&log.0);
-        assert_eq!((log.online.len(), log.offline.len(), log.lists, log.last_list_peers), (2, 1, 2, 2));
+        assert_eq!((log.online.len(), log.offline.len(), log.lists, log.last_list_peers), (2, 2, 2, 2));
         assert_eq!(log.offline[0].reason, "timeout");
+        assert_eq!((log.offline[1].peer.as_str(), log.offline[1].reason.as_str()), ("b", "timeout"));
         assert!(log.closed);
     }
 }
