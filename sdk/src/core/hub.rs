@@ -332,23 +332,22 @@ impl<L: PeerLink + Clone> HubCore<L> {
 
     fn tick(&mut self, now: Instant) {
         let limit = self.config.outbound_queue;
-        let evicted = self.list.tick_observed(
-            now,
-            |link| link.peek(|machine| machine.observation()),
-            |link, seq| {
-                link.with_machine(|machine| {
-                    // A closed peer is leaving, and its departure is already on the way.
-                    if machine.is_closed() {
-                        return true;
-                    }
-                    if machine.queued_frames() >= limit {
-                        return false;
-                    }
-                    machine.pulse(seq, now);
-                    true
-                })
-            },
-        );
+        // One step of each peer's machine: what it observed decides its misses, and its pulse
+        // is written in the same step (one lock, one non-blocking write).
+        let evicted = self.list.tick_visit(now, |link, rule| {
+            link.with_machine(|machine| {
+                let Some(seq) = rule(machine.observation()) else { return true };
+                // A closed peer is leaving, and its departure is already on the way.
+                if machine.is_closed() {
+                    return true;
+                }
+                if machine.queued_frames() >= limit {
+                    return false;
+                }
+                machine.pulse(seq, now);
+                true
+            })
+        });
         for (gone, why) in evicted {
             let reason = match why {
                 Eviction::Timeout { misses } => OfflineReason::Timeout { misses },

@@ -215,26 +215,78 @@ impl<L> OnlineList<L> {
     /// ```
     pub fn tick_observed(
         &mut self,
-        _now: Instant,
+        now: Instant,
         mut observe: impl FnMut(&L) -> Observation,
         mut pulse: impl FnMut(&L, u64) -> bool,
     ) -> Vec<(Departed<L>, Eviction)> {
+        self.tick_visit(now, |link, rule| match rule(observe(link)) {
+            Some(seq) => pulse(link, seq),
+            None => true,
+        })
+    }
+
+    /// [`OnlineList::tick_observed`] in one visit per peer, for a caller whose look at a peer
+    /// and whose pulse to it cost one lock together: `visit(link, rule)` hands `rule` what the
+    /// peer's connection observed and gets the pulse to send (`None`: the peer is evicted as
+    /// [`Eviction::Timeout`], send nothing); it returns false when the pulse could not be
+    /// queued ([`Eviction::Stalled`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use pulsewire::core::{Eviction, Observation, OnlineList};
+    /// use pulsewire::protocol::{ClientId, SessionId};
+    ///
+    /// let t0 = Instant::now();
+    /// let mut list = OnlineList::new(0);
+    /// let session = SessionId::new("s1").unwrap();
+    /// list.join(1, ClientId::new("desk-1").unwrap(), "127.0.0.1:5000".parse().unwrap(), (), session, t0);
+    /// let mut sent = Vec::new();
+    /// // Joined counts as seen: pulse 1 goes out.
+    /// let evicted = list.tick_visit(t0, |_, rule| {
+    ///     sent.extend(rule(Observation::default()));
+    ///     true
+    /// });
+    /// assert!(evicted.is_empty());
+    /// // Nothing heard since: one miss is past the limit of 0, and no pulse is asked for.
+    /// let evicted = list.tick_visit(t0, |_, rule| {
+    ///     sent.extend(rule(Observation::default()));
+    ///     true
+    /// });
+    /// assert_eq!(sent, vec![1]);
+    /// assert_eq!(evicted[0].1, Eviction::Timeout { misses: 1 });
+    /// ```
+    pub fn tick_visit(
+        &mut self,
+        _now: Instant,
+        mut visit: impl FnMut(&L, &mut dyn FnMut(Observation) -> Option<u64>) -> bool,
+    ) -> Vec<(Departed<L>, Eviction)> {
+        let max_missed = self.max_missed;
         let mut evicted = Vec::new();
         for (&key, peer) in &mut self.peers {
-            peer.apply(observe(&peer.link));
-            if peer.seen_since_tick {
-                peer.info.misses = 0;
-            } else {
-                peer.info.misses = peer.info.misses.saturating_add(1);
-            }
-            peer.seen_since_tick = false;
-            if peer.info.misses > self.max_missed {
-                evicted.push((key, Eviction::Timeout { misses: peer.info.misses }));
-                continue;
-            }
-            let seq = peer.next_seq;
-            peer.next_seq += 1;
-            if !pulse(&peer.link, seq) {
+            let Peer { info, link, seen_since_tick, next_seq } = &mut **peer;
+            let mut timed_out = None;
+            let mut rule = |seen: Observation| {
+                if let Some(at) = seen.last_heard.filter(|&at| at > info.last_seen) {
+                    info.last_seen = at;
+                    *seen_since_tick = true;
+                }
+                if let Some(rtt) = seen.rtt {
+                    info.last_rtt = Some(rtt);
+                }
+                info.misses = if *seen_since_tick { 0 } else { info.misses.saturating_add(1) };
+                *seen_since_tick = false;
+                if info.misses > max_missed {
+                    timed_out = Some(info.misses);
+                    return None;
+                }
+                let seq = *next_seq;
+                *next_seq += 1;
+                Some(seq)
+            };
+            let queued = visit(link, &mut rule);
+            if let Some(misses) = timed_out {
+                evicted.push((key, Eviction::Timeout { misses }));
+            } else if !queued {
                 evicted.push((key, Eviction::Stalled));
             }
         }

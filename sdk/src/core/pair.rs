@@ -746,10 +746,10 @@ proptest! {
             prop_assert!(tickets.iter().all(|t| outcomes.get(t) == Some(&"delivered")));
             // Server to client: all of it, but for what went to a session the client never
             // heard of (its connection was cut before the `WELCOME` arrived): those messages
-            // were never written, and came back to the server's application when the client's
-            // first session began; they are the first ones sent.
+            // came back to the server's application when the client's first session began, as
+            // maybe delivered when they had been written behind the lost `WELCOME` (the server
+            // cannot know they never arrived); they are the first ones sent.
             let orphaned = handed_back.len();
-            prop_assert!(handed_back.iter().all(|(_, maybe)| !maybe), "{handed_back:?}");
             let first: Vec<String> = handed_back.iter().map(|(text, _)| text.clone()).collect();
             prop_assert_eq!(&first[..], &server_sent[..orphaned]);
             prop_assert_eq!(&client_received[..], &server_sent[orphaned..]);

@@ -44,6 +44,10 @@ use crate::protocol::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
+/// Bytes reserved for a frame's control line before it is encoded (a pulse, an `ALIVE` or an
+/// `ACK` fits many times over; a `WELCOME` with its options fits).
+const LINE_ROOM: usize = 128;
+
 /// The settings of one connection's machine.
 ///
 /// ```
@@ -193,6 +197,13 @@ impl Transmit {
         if self.buf.is_empty() {
             self.settle();
         }
+        // Room for a control line at once: encoding it piece by piece would grow the buffer
+        // (an allocation each) two or three times.
+        let payload = match frame {
+            Frame::Data { payload, .. } => payload.len(),
+            _ => 0,
+        };
+        self.buf.reserve(LINE_ROOM + payload);
         frame.encode(&mut self.buf);
         self.frames += 1;
     }
