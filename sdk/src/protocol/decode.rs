@@ -255,7 +255,9 @@ impl Decoder {
         // Between frames a decoder holds no memory: a server with thousands of idle peers
         // keeps no buffer per peer, and allocating one for the next read costs far less than
         // the read itself.
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
+        // (An empty buffer whose last line was split off may have no capacity and still hold
+        // the allocation it shares with that line: it goes too.)
+        if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
         result

@@ -188,42 +188,47 @@ impl Conn {
     #[allow(clippy::manual_async_fn)]
     fn serve(mut self) -> impl Future<Output = ()> {
         async move {
-            let end = match Box::pin(self.handshake()).await {
-                Ok(()) => {
-                    poll_fn(|cx| match self.poll_conn(cx, false) {
-                        Poll::Ready(Handshake::Ended(end)) => Poll::Ready(end),
-                        Poll::Ready(Handshake::Joined) => unreachable!("joins only in the handshake"),
-                        Poll::Pending => Poll::Pending,
-                    })
-                    .await
-                }
-                Err(Some(end)) => end,
-                // Cut, or refused: nothing more to do.
-                Err(None) => return,
-            };
-            let ctx = self.ctx.clone();
-            Box::pin(close(&self.peer, end, self.addr, self.peer.key(), self.joined, &ctx)).await;
+            // The handshake's whole life, its end included, is in its own boxed future: no
+            // more than a flag of it stays in the connection's future.
+            if !Box::pin(self.handshake()).await {
+                return;
+            }
+            let end = poll_fn(|cx| match self.poll_conn(cx, false) {
+                Poll::Ready(Handshake::Ended(end)) => Poll::Ready(end),
+                Poll::Ready(Handshake::Joined) => unreachable!("joins only in the handshake"),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            self.close(end).await;
         }
     }
 
-    /// Until the hub has the `HELLO` (`Ok`), or the connection ended: with how, unless an
-    /// abort cut it or a shutdown refused it here.
-    async fn handshake(&mut self) -> Result<(), Option<End>> {
+    /// Ends the connection (boxed: only a closing connection holds what closing needs).
+    fn close(&self, end: End) -> Pin<Box<impl Future<Output = ()> + '_>> {
+        Box::pin(close(&self.peer, end, self.addr, self.peer.key(), self.joined, &self.ctx))
+    }
+
+    /// Until the hub has the `HELLO` (true), or the connection ended (false: closed, cut by an
+    /// abort or refused by a shutdown).
+    async fn handshake(&mut self) -> bool {
         let ctx = self.ctx.clone();
         let handshake = poll_fn(|cx| self.poll_conn(cx, true));
         match unless(&ctx.halt, unless(&ctx.stop, handshake)).await {
             // Aborted: cut without a word.
             None => {
                 self.peer.socket().shutdown();
-                Err(None)
+                false
             }
             Some(None) => {
                 let error = Frame::error(ErrorCode::Shutdown, "the server is shutting down");
                 reject(self.peer.socket(), self.addr, error).await;
-                Err(None)
+                false
             }
-            Some(Some(Handshake::Ended(end))) => Err(Some(end)),
-            Some(Some(Handshake::Joined)) => Ok(()),
+            Some(Some(Handshake::Ended(end))) => {
+                self.close(end).await;
+                false
+            }
+            Some(Some(Handshake::Joined)) => true,
         }
     }
 
