@@ -344,9 +344,11 @@ impl fmt::Display for CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SendError {
-    /// The client is not online; nothing is queued while offline.
+    /// A volatile message while the client is not online: volatile messages are never kept for
+    /// later (every other message is queued in the outbox, online or offline).
     Offline(Bytes),
-    /// The send queue is full (only from `try_send`; `send` waits).
+    /// The outbox is full (its [`OutboxLimits`](crate::core::OutboxLimits)): from `try_send`, and
+    /// from `send` while offline (online, `send` waits for room).
     Full(Bytes),
     /// The payload is above the configured limit.
     TooLarge {

@@ -385,9 +385,13 @@ impl<L: PeerLink + Clone> HubCore<L> {
 
     /// Queues a message for every peer, online or detached; returns how many took it.
     pub fn broadcast(&mut self, payload: Bytes) -> usize {
-        let online =
-            self.list.links().filter(|(_, link)| link.with_machine(|m| m.send(payload.clone()).is_ok())).count();
-        let kept: Vec<ClientId> = self.sessions.list(Instant::now()).into_iter().map(|kept| kept.client_id).collect();
+        let limit = self.config.outbound_queue;
+        let online = self
+            .list
+            .links()
+            .filter(|(_, link)| link.with_machine(|m| send_on(m, payload.clone(), limit).is_ok()))
+            .count();
+        let kept = self.sessions.client_ids();
         online + kept.iter().filter(|id| self.sessions.send(id, payload.clone()).is_ok()).count()
     }
 

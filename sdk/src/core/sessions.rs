@@ -505,6 +505,11 @@ impl SessionTable {
         self.ends.first_key_value().map(|(&(ends, _), _)| ends)
     }
 
+    /// The client ids of the kept sessions.
+    pub fn client_ids(&self) -> Vec<ClientId> {
+        self.kept.keys().cloned().collect()
+    }
+
     /// The kept sessions at `now`, nearest end first.
     pub fn list(&self, now: Instant) -> Vec<KeptSession> {
         self.ends

@@ -352,8 +352,8 @@ pub enum OfflineReason {
 
 impl OfflineReason {
     /// A stable machine word for the reason, for logs and JSON: `goodbye`, `timeout`,
-    /// `stalled`, `write-timeout`, `replaced`, `eof`, `reset`, `io`, `protocol`, `peer-error`,
-    /// `shutdown`.
+    /// `stalled`, `write-timeout`, `replaced`, `resumed`, `eof`, `reset`, `io`, `protocol`,
+    /// `peer-error`, `shutdown`.
     ///
     /// ```
     /// use pulsewire::OfflineReason;
