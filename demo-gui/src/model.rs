@@ -947,6 +947,7 @@ mod tests {
             last_seen: now,
             last_rtt: rtt.map(ms),
             misses: 0,
+            subject: None,
         }
     }
 

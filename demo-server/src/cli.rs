@@ -1,9 +1,13 @@
 //! The command line: flags, their help, and the server configuration they describe.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use pulsewire::auth::{Authenticator, Jwt, JwtKey, TokenFile};
 use pulsewire::core::{DEFAULT_DETACHED_BYTES, DEFAULT_SESSION_BYTES, DEFAULT_SESSION_MESSAGES};
 use pulsewire::{ConfigError, ServerConfig};
 
@@ -19,9 +23,16 @@ use crate::output::Format;
 ///
 /// A protocol 2 peer whose connection is lost is detached: its session is kept for --keep,
 /// and the messages sent to it meanwhile wait in it until it resumes.
+///
+/// With --tokens, --jwt-secret-file or --jwt-public-key every peer must authenticate: only the
+/// subject that holds a client id can take it over or resume its session.
 #[derive(Debug, Parser)]
-#[command(name = "demo-server", version, about, long_about)]
+#[command(name = "demo-server", version, about, long_about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Something other than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The address to listen on; port 0 picks a free port (printed on the first line).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
@@ -106,12 +117,60 @@ pub struct Cli {
     /// Print one JSON object per line instead of text, for programs to read.
     #[arg(long)]
     pub json: bool,
+
+    /// Authenticate peers with a token file: one `client-id subject token` a line (`#`
+    /// comments; a client id may end in `*` for a prefix, or be `*` for any).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["jwt_secret_file", "jwt_public_key"])]
+    pub tokens: Option<PathBuf>,
+
+    /// Authenticate peers with JWTs signed with HS256 and the secret in FILE (its bytes, a
+    /// trailing newline dropped). A token's `sub` is its subject; its `client_ids` claim (a
+    /// string or a list; `prefix*` and `*` allowed) the ids it may use, else only `sub`.
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_public_key")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Authenticate peers with JWTs signed with RS256 or ES256, checked with the public key in
+    /// FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Refuse to start unless peers must authenticate (one of --tokens, --jwt-secret-file,
+    /// --jwt-public-key).
+    #[arg(long)]
+    pub require_auth: bool,
+
+    /// Accept tokens over plaintext from peers beyond loopback (refused by default with
+    /// `ERROR tls-required`: anyone on the path could read them).
+    #[arg(long)]
+    pub allow_plaintext_tokens: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a JWT (HS256) for a client, for demos and tests: `demo-server mint-token
+    /// --jwt-secret-file secret --subject alice --client-id desk-1 --lifetime 1h`.
+    MintToken {
+        /// The HS256 secret, as for --jwt-secret-file.
+        #[arg(long, value_name = "FILE")]
+        jwt_secret_file: PathBuf,
+        /// The token's subject (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// A client id the token may use (repeat for more; `prefix*` and `*` allowed); none:
+        /// only the subject itself.
+        #[arg(long = "client-id", value_name = "ID")]
+        client_ids: Vec<String>,
+        /// How long the token is valid, e.g. `1h`; none: it does not expire.
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        lifetime: Option<Duration>,
+    },
 }
 
 impl Cli {
     /// The server configuration the flags describe, validated by the SDK: an out-of-range value
     /// gives a readable error such as `interval must be ...`.
-    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
+    pub fn server_config(&self, authenticator: Option<Arc<dyn Authenticator>>) -> Result<ServerConfig, ConfigError> {
         let mut builder = ServerConfig::builder()
             .listen(self.listen)
             .interval(self.interval)
@@ -122,6 +181,9 @@ impl Cli {
             .write_timeout(self.write_timeout)
             .keep(self.keep)
             .session_limits(self.session_messages, self.session_bytes);
+        if let Some(authenticator) = authenticator {
+            builder = builder.authenticator(authenticator);
+        }
         if let Some(peers) = self.max_peers {
             builder = builder.max_peers(peers);
         }
@@ -137,7 +199,31 @@ impl Cli {
             Some(sessions) => sessions,
             None => builder.clone().build()?.detached_limits().max_sessions,
         };
-        builder.detached_limits(detached_sessions, self.detached_bytes).build()
+        builder
+            .allow_plaintext_tokens(self.allow_plaintext_tokens)
+            .detached_limits(detached_sessions, self.detached_bytes)
+            .build()
+    }
+
+    /// The authenticator the flags describe, loaded (`None`: peers are anonymous).
+    pub fn authenticator(&self) -> anyhow::Result<Option<Arc<dyn Authenticator>>> {
+        let authenticator: Option<Arc<dyn Authenticator>> = if let Some(path) = &self.tokens {
+            let tokens = TokenFile::load(path).with_context(|| format!("--tokens {}", path.display()))?;
+            Some(Arc::new(tokens))
+        } else if let Some(path) = &self.jwt_secret_file {
+            Some(Arc::new(Jwt::new(JwtKey::hs256(read_secret(path)?))))
+        } else if let Some(path) = &self.jwt_public_key {
+            let pem = std::fs::read(path).with_context(|| format!("reading --jwt-public-key {}", path.display()))?;
+            let key =
+                JwtKey::from_public_key_pem(&pem).with_context(|| format!("--jwt-public-key {}", path.display()))?;
+            Some(Arc::new(Jwt::new(key)))
+        } else {
+            None
+        };
+        if self.require_auth && authenticator.is_none() {
+            anyhow::bail!("--require-auth needs --tokens, --jwt-secret-file or --jwt-public-key");
+        }
+        Ok(authenticator)
     }
 
     /// The output format chosen.
@@ -160,6 +246,17 @@ impl Cli {
     }
 }
 
+/// A shared secret from a file: its bytes, without a trailing newline (the way `echo` and
+/// editors write one).
+pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let mut secret = std::fs::read(path).with_context(|| format!("reading the secret file {}", path.display()))?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    anyhow::ensure!(!secret.is_empty(), "the secret file {} is empty", path.display());
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -180,7 +277,7 @@ mod tests {
     #[test]
     fn defaults_build_a_valid_config() {
         let cli = parse(&[]);
-        let config = cli.server_config().expect("defaults are valid");
+        let config = cli.server_config(None).expect("defaults are valid");
         assert_eq!(config.listen(), "127.0.0.1:7878".parse().unwrap());
         assert_eq!(config.interval(), Duration::from_secs(1));
         assert_eq!(config.max_missed(), 3);
@@ -192,7 +289,7 @@ mod tests {
 
     #[test]
     fn session_flags_default_to_the_sdks_defaults() {
-        let config = parse(&[]).server_config().expect("defaults are valid");
+        let config = parse(&[]).server_config(None).expect("defaults are valid");
         let sdk = ServerConfig::builder().build().expect("the SDK's defaults are valid");
         assert_eq!(config.keep(), DEFAULT_KEEP, "--keep's default is written out in its help");
         assert_eq!(config.session_limits(), sdk.session_limits());
@@ -214,7 +311,7 @@ mod tests {
             "8192",
             "--verbose",
         ]);
-        let config = cli.server_config().expect("valid flags");
+        let config = cli.server_config(None).expect("valid flags");
         assert_eq!(config.keep(), Duration::from_secs(30));
         assert_eq!(config.session_limits(), SessionLimits { max_messages: 8, max_bytes: 4096 });
         assert_eq!(config.detached_limits(), DetachedLimits { max_sessions: 10, max_bytes: 8192 });
@@ -224,13 +321,13 @@ mod tests {
 
     #[test]
     fn detached_sessions_default_follows_max_peers_even_when_only_the_bytes_are_set() {
-        let config = parse(&["--max-peers", "7", "--detached-bytes", "1048576"]).server_config().unwrap();
+        let config = parse(&["--max-peers", "7", "--detached-bytes", "1048576"]).server_config(None).unwrap();
         assert_eq!(config.detached_limits(), DetachedLimits { max_sessions: 14, max_bytes: 1 << 20 });
     }
 
     #[test]
     fn a_zero_keep_is_valid_and_keeps_no_session() {
-        let config = parse(&["--keep", "0s"]).server_config().expect("zero keeps none");
+        let config = parse(&["--keep", "0s"]).server_config(None).expect("zero keeps none");
         assert_eq!(config.keep(), Duration::ZERO);
     }
 
@@ -254,7 +351,7 @@ mod tests {
             "--max-handshakes",
             "3",
         ]);
-        let config = cli.server_config().expect("valid flags");
+        let config = cli.server_config(None).expect("valid flags");
         assert_eq!(config.max_peers(), 7);
         assert_eq!(config.max_connections_per_ip(), Some(2));
         assert_eq!(config.max_handshakes(), 3);
@@ -268,7 +365,7 @@ mod tests {
 
     #[test]
     fn zero_interval_gives_a_readable_config_error() {
-        let error = parse(&["--interval", "0ms"]).server_config().unwrap_err();
+        let error = parse(&["--interval", "0ms"]).server_config(None).unwrap_err();
         let message = error.to_string();
         assert!(message.starts_with("interval must be"), "{message:?}");
     }
@@ -287,7 +384,7 @@ mod tests {
             (&["--session-bytes", "4096", "--detached-bytes", "4095"][..], "detached bytes must be at least"),
             (&["--keep", "25h"][..], "keep must be at most 24 h"),
         ] {
-            let message = parse(args).server_config().unwrap_err().to_string();
+            let message = parse(args).server_config(None).unwrap_err().to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
         }
     }

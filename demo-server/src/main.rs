@@ -20,20 +20,55 @@ use cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        return run_command(command);
+    }
     init_logging();
-    let config = match cli.server_config() {
+    let authenticator = match cli.authenticator() {
+        Ok(authenticator) => authenticator,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match cli.server_config(authenticator) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
+    if !config.listen().ip().is_loopback() && !config.requires_auth() {
+        tracing::warn!(
+            listen = %config.listen(),
+            "listening beyond loopback without authentication: anyone who can reach it can take any client id"
+        );
+    }
     let options = serve::Options { format: cli.format(), echo: cli.echo(), verbose: cli.verbose() };
     match serve::run(config, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a subcommand.
+fn run_command(command: &cli::Command) -> ExitCode {
+    match command {
+        cli::Command::MintToken { jwt_secret_file, subject, client_ids, lifetime } => {
+            let secret = match cli::read_secret(jwt_secret_file) {
+                Ok(secret) => secret,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let ids: Vec<&str> = client_ids.iter().map(String::as_str).collect();
+            let ids = (!ids.is_empty()).then_some(&ids[..]);
+            println!("{}", pulsewire::auth::Jwt::mint_hs256(&secret, subject, ids, *lifetime));
+            ExitCode::SUCCESS
         }
     }
 }

@@ -6,7 +6,7 @@
 //! | event       | text                                                  | json                                                                 |
 //! |-------------|-------------------------------------------------------|----------------------------------------------------------------------|
 //! | listening   | `listening on 127.0.0.1:7878`                         | `{"event":"listening","addr":"127.0.0.1:7878"}`                      |
-//! | online      | `online  desk-42 127.0.0.1:5555 session 0a1b2 (fresh)` | `{"event":"online","peer":"desk-42","addr":"…","session":"0a1b2","resumed":false}` |
+//! | online      | `online  desk-42 127.0.0.1:5555 session 0a1b2 (fresh) as alice` | `{"event":"online","peer":"desk-42","addr":"…","session":"0a1b2","resumed":false,"subject":"alice"}` |
 //! | detached    | `detached desk-42 (connection reset)`                 | `{"event":"detached","peer":"desk-42","addr":"…","session":"0a1b2","reason":"reset","detail":"connection reset"}` |
 //! | offline     | `offline desk-42 (evicted after 4 missed pulses)`     | `{"event":"offline","peer":"desk-42","reason":"timeout","detail":"…","undelivered":0,"maybe_delivered":0,"was_detached":false}` |
 //! | message     | `message desk-42 seq 5, echo seq 3: hello`            | `{"event":"message","peer":"desk-42","seq":5,"text":"hello","echo_seq":3}` |
@@ -15,6 +15,8 @@
 //! | shutdown    | `shutdown`                                            | `{"event":"shutdown"}`                                               |
 //!
 //! Details:
+//! - `online`: `subject` (text `as alice`) is who the peer authenticated as, `null` (nothing)
+//!   when the server has no authenticator.
 //! - `online`: `resumed` (text `(resumed)`) when the peer resumed its session: nothing was lost
 //!   or duplicated while it was away. Otherwise its session is new (`(fresh)`; always, for a
 //!   protocol 1 peer).
@@ -175,7 +177,11 @@ fn event_text(event: &ServerEvent, notes: Notes) -> String {
     match event {
         ServerEvent::PeerOnline { peer, resumed } => {
             let session = if *resumed { "resumed" } else { "fresh" };
-            format!("online  {} {} session {} ({session})", peer.id, peer.addr, peer.session)
+            let mut line = format!("online  {} {} session {} ({session})", peer.id, peer.addr, peer.session);
+            if let Some(subject) = &peer.subject {
+                let _ = write!(line, " as {}", printable(subject.as_str()));
+            }
+            line
         }
         ServerEvent::PeerDetached { peer, reason } => format!("detached {} ({reason})", peer.id),
         ServerEvent::PeerOffline { peer, reason, undelivered } => {
@@ -214,6 +220,7 @@ fn event_json(event: &ServerEvent, notes: Notes) -> String {
             ("addr", string(&peer.addr.to_string())),
             ("session", string(peer.session.as_str())),
             ("resumed", resumed.to_string()),
+            ("subject", peer.subject.as_ref().map_or_else(|| "null".to_owned(), |subject| string(subject.as_str()))),
         ]),
         ServerEvent::PeerDetached { peer, reason } => object(&[
             ("event", string("detached")),
@@ -423,6 +430,7 @@ mod tests {
             last_seen: since,
             last_rtt: None,
             misses: 0,
+            subject: None,
         }
     }
 
@@ -484,11 +492,17 @@ mod tests {
         assert_eq!(
             plain(Format::Json, &fresh),
             "{\"event\":\"online\",\"peer\":\"desk-42\",\"addr\":\"127.0.0.1:5555\",\"session\":\"0a1b2c3d1\",\
-             \"resumed\":false}\n"
+             \"resumed\":false,\"subject\":null}\n"
         );
         let resumed = ServerEvent::PeerOnline { peer: peer("desk-42", Instant::now()), resumed: true };
         assert_eq!(plain(Format::Text, &resumed), "online  desk-42 127.0.0.1:5555 session 0a1b2c3d1 (resumed)\n");
         assert_eq!(json(&plain(Format::Json, &resumed))["resumed"], true);
+        // An authenticated peer shows who it is.
+        let mut alice = peer("desk-42", Instant::now());
+        alice.subject = Some(pulsewire::auth::Subject::new("alice"));
+        let online = ServerEvent::PeerOnline { peer: alice, resumed: false };
+        assert!(plain(Format::Text, &online).ends_with("(fresh) as alice\n"));
+        assert_eq!(json(&plain(Format::Json, &online))["subject"], "alice");
     }
 
     #[test]

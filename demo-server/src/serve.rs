@@ -329,6 +329,7 @@ mod tests {
             last_seen: Instant::now(),
             last_rtt: None,
             misses: 0,
+            subject: None,
         }
     }
 

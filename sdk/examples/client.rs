@@ -55,12 +55,27 @@ struct Args {
     /// Print one JSON object per event instead of text.
     #[arg(long)]
     json: bool,
+    /// The token to authenticate with (visible to other users of this machine in the process
+    /// list: prefer --token-file).
+    #[arg(long, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the token to authenticate with (a trailing newline is dropped).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let print = Printer { json: args.json };
     let mut builder = ClientConfig::builder(&args.server, &args.id).max_delay(Duration::from_millis(args.max_delay_ms));
+    if let Some(token) = &args.token {
+        builder = builder.token(token.as_str());
+    }
+    if let Some(path) = &args.token_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+        builder = builder.token(text.trim_end_matches(['\n', '\r']));
+    }
     if let Some(path) = &args.state_file {
         match load_state(path)? {
             Some(state) => {

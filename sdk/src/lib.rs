@@ -64,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod core;
 pub mod protocol;
 

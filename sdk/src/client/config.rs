@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::core::{OutboxLimits, ReconnectPolicy, ResumeState};
 use crate::error::{validate_payload, ConfigError};
-use crate::protocol::{ClientId, DEFAULT_MAX_PAYLOAD};
+use crate::protocol::{ClientId, Token, DEFAULT_MAX_PAYLOAD};
 
 /// Everything the client needs to know, validated. Build one with [`ClientConfig::builder`].
 ///
@@ -21,6 +21,8 @@ pub struct ClientConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) outbox: OutboxLimits,
     pub(crate) resume: Option<ResumeState>,
+    /// Sent in every `HELLO`; redacted in `Debug`.
+    pub(crate) token: Option<Token>,
 }
 
 impl ClientConfig {
@@ -51,6 +53,7 @@ impl ClientConfig {
             close_timeout: Duration::from_secs(1),
             outbox: OutboxLimits::default(),
             resume: None,
+            token: None,
             initial_delay_set: false,
         }
     }
@@ -89,6 +92,8 @@ pub struct ClientConfigBuilder {
     close_timeout: Duration,
     outbox: OutboxLimits,
     resume: Option<ResumeState>,
+    /// The token given, validated (`Some(None)`: not a valid token; `build` says so).
+    token: Option<Option<Token>>,
     /// Whether the application chose the initial delay (else it follows a lower max delay).
     initial_delay_set: bool,
 }
@@ -184,6 +189,24 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// The token to authenticate with, sent in every `HELLO` (opaque to pulsewire: an API key,
+    /// a JWT). A server with an authenticator refuses a peer without one (`auth-required`), with
+    /// a wrong one (`auth-failed`), an expired one (`auth-expired`) or one whose subject may not
+    /// use this client id (`forbidden`): each ends the client with
+    /// [`CloseReason::Rejected`](crate::CloseReason::Rejected), since the same token would be refused again.
+    /// It is never logged.
+    ///
+    /// ```
+    /// use pulsewire::ClientConfig;
+    /// let config = ClientConfig::builder("127.0.0.1:7878", "desk-42").token("s3cret").build().unwrap();
+    /// assert!(!format!("{config:?}").contains("s3cret"));
+    /// assert!(ClientConfig::builder("127.0.0.1:7878", "desk-42").token("two words").build().is_err());
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token::new(token.into()));
+        self
+    }
+
     /// Validates everything and returns the configuration.
     pub fn build(mut self) -> Result<ClientConfig, ConfigError> {
         if !self.initial_delay_set {
@@ -218,6 +241,16 @@ impl ClientConfigBuilder {
             close_timeout: self.close_timeout,
             outbox: self.outbox,
             resume: self.resume,
+            token: match self.token {
+                None => None,
+                Some(Some(token)) => Some(token),
+                Some(None) => {
+                    return Err(ConfigError::OutOfRange {
+                        name: "token",
+                        expected: "1 to 3856 printable ASCII characters without spaces",
+                    })
+                }
+            },
         })
     }
 }

@@ -216,8 +216,20 @@ impl DisconnectReason {
     }
 }
 
+/// The server's refusals that the same client would meet again: the client stops. (The
+/// token is the client's configuration, so a refused token is refused again.)
 pub(crate) fn is_fatal_code(code: &ErrorCode) -> bool {
-    matches!(code, ErrorCode::Replaced | ErrorCode::Version | ErrorCode::BadId)
+    matches!(
+        code,
+        ErrorCode::Replaced
+            | ErrorCode::Version
+            | ErrorCode::BadId
+            | ErrorCode::AuthRequired
+            | ErrorCode::AuthFailed
+            | ErrorCode::AuthExpired
+            | ErrorCode::Forbidden
+            | ErrorCode::TlsRequired
+    )
 }
 
 impl fmt::Display for DisconnectReason {
@@ -316,7 +328,8 @@ pub enum CloseReason {
         elapsed: Duration,
     },
     /// The server refused this client in a way retrying cannot fix (`replaced`, `version`,
-    /// `bad-id`).
+    /// `bad-id`, and with this client's token `auth-required`, `auth-failed`, `auth-expired`,
+    /// `forbidden`, `tls-required`).
     Rejected {
         /// The code.
         code: ErrorCode,

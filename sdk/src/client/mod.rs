@@ -117,7 +117,7 @@ impl Client {
         let config = Arc::new(config);
         let machine_config = ClientMachineConfig {
             client_id: config.client_id.clone(),
-            token: None,
+            token: config.token.clone(),
             max_payload: config.max_payload,
             handshake_timeout: config.handshake_timeout,
             close_timeout: config.close_timeout,

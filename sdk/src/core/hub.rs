@@ -18,6 +18,7 @@ use super::server_machine::{ServerMachine, WelcomeTerms};
 use super::sessions::{
     DetachedLimits, KeptSession, SendRefused, ServerSession, SessionLimits, SessionTable, Undelivered,
 };
+use crate::auth::Subject;
 use crate::protocol::{ClientId, ErrorCode, Frame, Resume, SessionId, MIN_PROTOCOL_VERSION};
 use crate::server::{OfflineReason, ServerEvent, ServerSendError};
 
@@ -66,6 +67,8 @@ pub struct Join {
     pub resume: Option<Resume>,
     /// Its address.
     pub addr: SocketAddr,
+    /// Who it authenticated as (`None`: anonymous, on a server without an authenticator).
+    pub subject: Option<Subject>,
 }
 
 /// The answer to a `HELLO`, to send once the application has heard of the peer.
@@ -162,7 +165,21 @@ impl<L: PeerLink + Clone> HubCore<L> {
     /// [`Welcome::send`] it, so that whatever the peer sent comes after its `PeerOnline`.
     #[must_use = "the peer waits for its WELCOME"]
     pub fn join(&mut self, join: Join, link: L, random: [u8; 16], now: Instant) -> Option<Welcome<L>> {
-        let Join { key, version, client_id, resume, addr } = join;
+        let Join { key, version, client_id, resume, addr, subject } = join;
+        // Only the subject that holds an id (online, or in a kept session) may take it over or
+        // resume it; another gets `ERROR forbidden` and disturbs nothing. Without an
+        // authenticator every peer is anonymous, and version 1's takeover rule holds.
+        let holder = match self.list.peer_by_id(&client_id) {
+            Some(online) => Some(online.subject.as_ref()),
+            None => self.sessions.kept_subject(&client_id),
+        };
+        if holder.is_some_and(|holder| holder != subject.as_ref()) {
+            tracing::warn!(peer = %client_id, %addr, "connection refused: the id is held by another subject");
+            link.with_machine(|machine| {
+                machine.refuse(ErrorCode::Forbidden, "this client id is held by another subject")
+            });
+            return None;
+        }
         let max = self.config.max_peers;
         if self.list.len() >= max && self.list.link(&client_id).is_none() {
             tracing::warn!(peer = %client_id, %addr, max, "connection refused: the server is full");
@@ -230,9 +247,11 @@ impl<L: PeerLink + Clone> HubCore<L> {
                 }
                 let id = self.new_session_id();
                 ServerSession::new(id, client_id.clone(), random, self.config.session_limits)
+                    .with_subject(subject.clone())
             }
         };
         let joined = self.list.join(key, client_id, addr, link.clone(), session.id().clone(), now);
+        self.list.set_subject(key, subject);
         if let Some(old) = joined.replaced {
             let session = old.link.with_machine(|machine| {
                 machine.close_with(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
@@ -241,7 +260,8 @@ impl<L: PeerLink + Clone> HubCore<L> {
             self.depart(old, session, OfflineReason::Replaced, now);
         }
         if let Some(info) = self.list.peer(key) {
-            tracing::info!(peer = %info.id, addr = %info.addr, session = %info.session, resumed, "peer online");
+            let subject = info.subject.as_ref().map_or("-", |subject| subject.as_str());
+            tracing::info!(peer = %info.id, addr = %info.addr, session = %info.session, subject, resumed, "peer online");
             let peer = info.clone();
             self.emit(ServerEvent::PeerOnline { peer, resumed });
         }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::Subject;
 use crate::protocol::{ClientId, SessionId};
 
 /// A unique number the server gives each accepted connection (client ids can repeat across
@@ -27,6 +28,8 @@ pub struct PeerInfo {
     pub last_rtt: Option<Duration>,
     /// Pulse ticks in a row with no frame from it.
     pub misses: u32,
+    /// Who it authenticated as (`None`: anonymous, on a server without an authenticator).
+    pub subject: Option<Subject>,
 }
 
 /// What the owner of the list learned about a peer outside it: the server's connection tasks
@@ -160,6 +163,7 @@ impl<L> OnlineList<L> {
             last_seen: now,
             last_rtt: None,
             misses: 0,
+            subject: None,
         };
         self.by_id.insert(id, key);
         self.peers.insert(key, Box::new(Peer { info, link, seen_since_tick: true, next_seq: 1 }));
@@ -291,6 +295,18 @@ impl<L> OnlineList<L> {
             }
         }
         evicted.into_iter().filter_map(|(key, why)| self.leave(key).map(|gone| (gone, why))).collect()
+    }
+
+    /// Records who the peer under `key` authenticated as.
+    pub fn set_subject(&mut self, key: ConnKey, subject: Option<Subject>) {
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.info.subject = subject;
+        }
+    }
+
+    /// The online peer named `id`.
+    pub fn peer_by_id(&self, id: &ClientId) -> Option<&PeerInfo> {
+        self.by_id.get(id).and_then(|key| self.peer(*key))
     }
 
     /// The connection of the online peer named `id`.

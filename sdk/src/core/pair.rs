@@ -13,9 +13,10 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::client_machine::{ClientMachine, ClientMachineConfig, ConnectionEnd, SendOptions};
-use super::hub::{HubConfig, HubCore, Join, PeerLink};
+use super::hub::{HubConfig, HubCore, Join, PeerLink, Welcome};
 use super::server_machine::{ConnEnd, ServerMachine, ServerMachineConfig, ServerMachineEvent};
 use super::sessions::{DetachedLimits, SessionLimits};
+use crate::auth::Subject;
 use crate::client::{DisconnectReason, Event, Ticket};
 use crate::protocol::{ClientId, ErrorCode};
 use crate::server::{OfflineReason, ServerEvent};
@@ -99,6 +100,8 @@ struct Pair {
     unreachable: bool,
     /// How each of the client's connections ended, and when.
     ends: Vec<(Instant, ConnectionEnd)>,
+    /// Who the client authenticates as (`None`: anonymous).
+    subject: Option<Subject>,
 }
 
 fn hub_config(keep: Duration) -> HubConfig {
@@ -129,6 +132,7 @@ impl Pair {
             server_events: Vec::new(),
             unreachable: false,
             ends: Vec::new(),
+            subject: None,
         }
     }
 
@@ -276,7 +280,8 @@ impl Pair {
         match event {
             ServerMachineEvent::Hello { version, client_id, resume, .. } => {
                 self.next_random = self.next_random.wrapping_add(1);
-                let join = Join { key, version, client_id, resume, addr: "127.0.0.1:5000".parse().unwrap() };
+                let addr = "127.0.0.1:5000".parse().unwrap();
+                let join = Join { key, version, client_id, resume, addr, subject: self.subject.clone() };
                 if let Some(conn) = self.conn.as_mut().filter(|conn| conn.key == key) {
                     conn.joined = true;
                 }
@@ -596,11 +601,9 @@ fn a_session_not_resumed_within_keep_ends_and_hands_back_both_sides() {
     assert!(pair.server_messages().is_empty() && pair.client_messages().is_empty());
 }
 
-#[test]
-fn a_second_connection_with_the_same_id_replaces_the_first() {
-    let mut pair = Pair::new(Duration::from_secs(120));
-    pair.run_for(ms(50));
-    // A twin (same id, no resume) joins through the hub directly.
+/// A second connection for the pair's id, as `subject`, joined through the hub directly (no
+/// resume); its welcome, unless it was refused.
+fn join_twin(pair: &mut Pair, subject: Option<&str>) -> (TestLink, Option<Welcome<TestLink>>) {
     let twin = TestLink(Rc::new(RefCell::new(ServerMachine::new(pair.now, ServerMachineConfig::default()))));
     twin.0.borrow_mut().handle_input(b"HELLO 2 desk-1\n", pair.now);
     let _ = twin.0.borrow_mut().poll_event();
@@ -610,8 +613,66 @@ fn a_second_connection_with_the_same_id_replaces_the_first() {
         client_id: ClientId::new("desk-1").unwrap(),
         resume: None,
         addr: "127.0.0.1:6000".parse().unwrap(),
+        subject: subject.map(Subject::new),
     };
-    let welcome = pair.hub.join(join, twin.clone(), [9; 16], pair.now).expect("welcomed");
+    let welcome = pair.hub.join(join, twin.clone(), [9; 16], pair.now);
+    (twin, welcome)
+}
+
+#[test]
+fn another_subject_cannot_take_an_id_over_and_disturbs_nothing() {
+    let mut pair = Pair::new(Duration::from_secs(120));
+    pair.subject = Some(Subject::new("alice"));
+    pair.run_for(ms(50));
+    pair.send("before".into()).unwrap();
+    pair.run_for(ms(50));
+    let (twin, welcome) = join_twin(&mut pair, Some("mallory"));
+    assert!(welcome.is_none(), "refused");
+    let wire = twin.0.borrow_mut().transmit().split().freeze();
+    assert_eq!(&wire[..], b"ERROR forbidden this client id is held by another subject\n");
+    assert!(twin.0.borrow().is_closed());
+    // The real client misses nothing: online, its session and its pulses go on.
+    pair.send("after".into()).unwrap();
+    pair.run_for(INTERVAL * (MAX_MISSED + 2));
+    assert!(pair.ends.is_empty(), "the real client was never disconnected: {:?}", pair.ends);
+    assert_eq!(pair.server_messages(), vec!["before", "after"]);
+    assert_eq!(pair.hub.online()[0].subject, Some(Subject::new("alice")));
+    // Detached, its session is held for it alone just the same.
+    pair.black_hole(true);
+    pair.unreachable = true;
+    pair.run_for(INTERVAL * (MAX_MISSED + 3));
+    assert_eq!(pair.hub.len(), 0);
+    let (_, welcome) = join_twin(&mut pair, Some("mallory"));
+    assert!(welcome.is_none(), "a kept session is not another subject's to take");
+    assert_eq!(pair.hub.detached(pair.now).len(), 1);
+    assert!(!pair.server_events.iter().any(|(_, e)| matches!(e, ServerEvent::PeerOffline { .. })));
+}
+
+#[test]
+fn the_same_subject_takes_its_id_over() {
+    let mut pair = Pair::new(Duration::from_secs(120));
+    pair.subject = Some(Subject::new("alice"));
+    pair.run_for(ms(50));
+    let (_, welcome) = join_twin(&mut pair, Some("alice"));
+    welcome.expect("welcomed").send(pair.now);
+    pair.run_for(ms(10));
+    assert!(matches!(
+        pair.ends.first(),
+        Some((
+            _,
+            ConnectionEnd::Disconnected { reason: DisconnectReason::ServerError { code: ErrorCode::Replaced, .. }, .. }
+        ))
+    ));
+    assert_eq!(pair.hub.len(), 1);
+}
+
+#[test]
+fn a_second_connection_with_the_same_id_replaces_the_first() {
+    let mut pair = Pair::new(Duration::from_secs(120));
+    pair.run_for(ms(50));
+    // A twin (same id, no resume, anonymous as the first) joins through the hub directly.
+    let (_twin, welcome) = join_twin(&mut pair, None);
+    let welcome = welcome.expect("welcomed");
     welcome.send(pair.now);
     pair.run_for(ms(10));
     let replaced = ConnectionEnd::Disconnected {

@@ -384,6 +384,12 @@ impl ServerMachine {
         }
     }
 
+    /// When the handshake must be over (the `HELLO` in, and the peer authenticated), until
+    /// the peer is welcomed or the connection ends.
+    pub fn handshake_deadline(&self) -> Option<Instant> {
+        self.handshake.as_ref().map(|handshake| handshake.deadline)
+    }
+
     /// The earliest deadline of the machine's timers, if one runs.
     pub fn poll_timeout(&self) -> Option<Instant> {
         Timer::ALL.into_iter().filter_map(|timer| self.deadline(timer)).min()

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::delivery::{Inbound, Outbound};
+use crate::auth::Subject;
 use crate::protocol::{ClientId, ResumeSecret, SessionId};
 
 /// The default of [`SessionLimits::max_messages`]: 256 messages.
@@ -140,6 +141,8 @@ pub struct Undelivered {
 pub struct ServerSession {
     id: SessionId,
     client_id: ClientId,
+    /// Who opened it (`None`: anonymous): only the same subject may resume it.
+    subject: Option<Subject>,
     secret: ResumeSecret,
     /// The secret before the last rotation, still good until the client shows it has the new
     /// one: a `WELCOME` lost with its connection must not cost the client its session.
@@ -160,6 +163,7 @@ impl ServerSession {
         ServerSession {
             id,
             client_id,
+            subject: None,
             secret: ResumeSecret::from_random(random),
             previous: None,
             secret_handed_out: false,
@@ -177,6 +181,16 @@ impl ServerSession {
     /// The client id the session belongs to.
     pub fn client_id(&self) -> &ClientId {
         &self.client_id
+    }
+
+    /// The same session, opened by `subject` (only the same subject may resume it).
+    pub fn with_subject(self, subject: Option<Subject>) -> ServerSession {
+        ServerSession { subject, ..self }
+    }
+
+    /// Who opened the session (`None`: anonymous).
+    pub fn subject(&self) -> Option<&Subject> {
+        self.subject.as_ref()
     }
 
     /// The current resume secret, as the next `WELCOME` hands it out: never log it.
@@ -457,6 +471,12 @@ impl SessionTable {
             return None;
         }
         self.take(client_id)
+    }
+
+    /// The subject of the session kept for `client_id`, if one is kept (`Some(None)`: kept, for
+    /// an anonymous peer).
+    pub fn kept_subject(&self, client_id: &ClientId) -> Option<Option<&Subject>> {
+        self.kept.get(client_id).map(|kept| kept.session.subject())
     }
 
     /// Takes the session kept for `client_id` out of the table, whatever its secret: a fresh

@@ -1,8 +1,10 @@
 //! The server's configuration and its builder.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::Authenticator;
 use crate::core::{DetachedLimits, SessionLimits, DEFAULT_DETACHED_BYTES, DEFAULT_KEEP};
 use crate::error::{validate_payload, ConfigError};
 use crate::protocol::DEFAULT_MAX_PAYLOAD;
@@ -26,6 +28,19 @@ pub struct ServerConfig {
     /// `None`: twice the max peers.
     pub(crate) detached_sessions: Option<usize>,
     pub(crate) detached_bytes: usize,
+    pub(crate) authenticator: AuthSlot,
+    /// Tokens accepted over plaintext from non-loopback peers.
+    pub(crate) plaintext_tokens: bool,
+}
+
+/// The configured authenticator (its `Debug` says only whether there is one).
+#[derive(Clone, Default)]
+pub(crate) struct AuthSlot(pub(crate) Option<Arc<dyn Authenticator>>);
+
+impl std::fmt::Debug for AuthSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(authenticator)" } else { "None" })
+    }
 }
 
 /// The default of [`ServerConfigBuilder::max_peers`].
@@ -71,6 +86,8 @@ impl ServerConfig {
                 session_limits: SessionLimits::default(),
                 detached_sessions: None,
                 detached_bytes: DEFAULT_DETACHED_BYTES,
+                authenticator: AuthSlot::default(),
+                plaintext_tokens: false,
             },
         }
     }
@@ -119,6 +136,12 @@ impl ServerConfig {
     /// or queued while the peer is away.
     pub fn session_limits(&self) -> SessionLimits {
         self.session_limits
+    }
+
+    /// Whether peers must authenticate (an authenticator is configured): then every peer must
+    /// speak protocol 2, and an id can be taken over only by the same subject.
+    pub fn requires_auth(&self) -> bool {
+        self.authenticator.0.is_some()
     }
 
     /// The bounds of all detached sessions together.
@@ -256,6 +279,34 @@ impl ServerConfigBuilder {
     pub fn detached_limits(mut self, max_sessions: usize, max_bytes: usize) -> Self {
         self.config.detached_sessions = Some(max_sessions);
         self.config.detached_bytes = max_bytes;
+        self
+    }
+
+    /// Authenticates every peer with `authenticator` (see [`crate::auth`]): its `HELLO` must be
+    /// protocol 2 (a `HELLO 1` gets `ERROR version`), the authenticator turns it into a
+    /// subject or an `ERROR` code, an online id can be taken over only by the same subject
+    /// (another gets `ERROR forbidden`, and the online peer is untouched), and a session
+    /// resumes only for the same subject. Without one, every peer is anonymous and any `HELLO`
+    /// for an online id replaces it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use pulsewire::auth::TokenFile;
+    /// use pulsewire::ServerConfig;
+    ///
+    /// let tokens = TokenFile::parse("desk-1 alice s3cret-token\n").unwrap();
+    /// let config = ServerConfig::builder().authenticator(Arc::new(tokens)).build().unwrap();
+    /// assert!(config.requires_auth());
+    /// ```
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.config.authenticator = AuthSlot(Some(authenticator));
+        self
+    }
+
+    /// Accepts tokens over plaintext from peers beyond loopback (default: refused with
+    /// `ERROR tls-required`, since anyone on the path could read the token and use it).
+    pub fn allow_plaintext_tokens(mut self, allow: bool) -> Self {
+        self.config.plaintext_tokens = allow;
         self
     }
 

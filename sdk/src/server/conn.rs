@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::pin::Pin;
 use std::task::Poll;
@@ -16,10 +16,11 @@ use super::TaskGuard;
 
 use super::admission::{Admitted, Gate, Slot};
 use super::hub::HubMsg;
-use super::peer::{Outgoing, Peer};
+use super::peer::{Hello, Outgoing, Peer};
 use super::{unless, OfflineReason, ServerConfig, ServerEvent, Tracker, LINGER};
+use crate::auth::{AuthError, AuthRequest, Principal};
 use crate::core::{ConnEnd, ServerMachine, ServerMachineConfig, DEFAULT_ACK_DELAY};
-use crate::protocol::{ErrorCode, Frame};
+use crate::protocol::{ErrorCode, Frame, MIN_PROTOCOL_VERSION};
 use crate::rt::{self, Listener, Socket};
 
 /// How long the accept loop pauses after an accept error (say, out of file descriptors), so
@@ -94,8 +95,8 @@ pub(super) async fn accept_loop(listener: Listener, ctx: Arc<Context>) {
 
 /// How the handshake phase of a connection ended.
 enum Handshake {
-    /// The hub has the `HELLO`.
-    Joined,
+    /// The peer sent its `HELLO`: authenticate it, then hand it to the hub.
+    Hello(Hello),
     /// The connection ended before that.
     Ended(End),
 }
@@ -195,7 +196,7 @@ impl Conn {
             }
             let end = poll_fn(|cx| match self.poll_conn(cx, false) {
                 Poll::Ready(Handshake::Ended(end)) => Poll::Ready(end),
-                Poll::Ready(Handshake::Joined) => unreachable!("joins only in the handshake"),
+                Poll::Ready(Handshake::Hello(_)) => unreachable!("a HELLO comes only in the handshake"),
                 Poll::Pending => Poll::Pending,
             })
             .await;
@@ -208,32 +209,112 @@ impl Conn {
         Box::pin(close(&self.peer, end, self.addr, self.peer.key(), self.joined, &self.ctx))
     }
 
-    /// Until the hub has the `HELLO` (true), or the connection ended (false: closed, cut by an
-    /// abort or refused by a shutdown).
+    /// Until the hub has the authenticated `HELLO` (true), or the connection ended (false:
+    /// closed, refused, cut by an abort or refused by a shutdown).
     async fn handshake(&mut self) -> bool {
         let ctx = self.ctx.clone();
         let handshake = poll_fn(|cx| self.poll_conn(cx, true));
-        match unless(&ctx.halt, unless(&ctx.stop, handshake)).await {
+        let hello = match unless(&ctx.halt, unless(&ctx.stop, handshake)).await {
             // Aborted: cut without a word.
             None => {
                 self.peer.socket().shutdown();
-                false
+                return false;
             }
-            Some(None) => {
-                let error = Frame::error(ErrorCode::Shutdown, "the server is shutting down");
-                reject(self.peer.socket(), self.addr, error).await;
-                false
-            }
+            Some(None) => return self.refuse_shutdown().await,
             Some(Some(Handshake::Ended(end))) => {
                 self.close(end).await;
-                false
+                return false;
             }
-            Some(Some(Handshake::Joined)) => true,
+            Some(Some(Handshake::Hello(hello))) => hello,
+        };
+        let principal = match unless(&ctx.halt, unless(&ctx.stop, self.authenticate(&hello))).await {
+            None => {
+                self.peer.socket().shutdown();
+                return false;
+            }
+            Some(None) => return self.refuse_shutdown().await,
+            Some(Some(Ok(principal))) => principal,
+            Some(Some(Err((code, text)))) => {
+                // Refused before the hub heard of it: no connection or session is disturbed.
+                self.peer.step(|machine| machine.refuse(code, &text));
+                return self.finish_handshake().await;
+            }
+        };
+        // The peer is authenticated: its handshake no longer counts as in flight (before
+        // anything can answer it, so that a client that got its `WELCOME` is never counted).
+        self.slot.settle();
+        let join = HubMsg::Join { hello, addr: self.addr, peer: self.peer.clone(), principal };
+        if self.ctx.hub.try_send(join).is_err() {
+            // The server is stopping.
+            self.peer.step(|machine| machine.close_with(Frame::bye("shutdown")));
+            return self.finish_handshake().await;
         }
+        self.joined = true;
+        true
     }
 
-    /// Serves the connection. In the handshake phase, returns `Joined` once the hub has the
-    /// `HELLO`; after it, runs until the connection ends.
+    /// The server is shutting down: `ERROR shutdown` and a close.
+    async fn refuse_shutdown(&self) -> bool {
+        let error = Frame::error(ErrorCode::Shutdown, "the server is shutting down");
+        reject(self.peer.socket(), self.addr, error).await;
+        false
+    }
+
+    /// The machine ended the handshake: writes what it has to say, then closes.
+    async fn finish_handshake(&mut self) -> bool {
+        let end = poll_fn(|cx| match self.poll_conn(cx, true) {
+            Poll::Ready(Handshake::Ended(end)) => Poll::Ready(end),
+            // A machine hands over one `HELLO`.
+            Poll::Ready(Handshake::Hello(_)) => Poll::Ready(End::Ended(ConnEnd::ClosedByServer)),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        self.close(end).await;
+        false
+    }
+
+    /// Decides who the peer is: `Ok(None)` when no authenticator is configured (every peer is
+    /// anonymous), else its principal, or the `ERROR` to refuse it with. Runs inside the
+    /// handshake timeout; never logs the token.
+    async fn authenticate(&self, hello: &Hello) -> Result<Option<Principal>, (ErrorCode, String)> {
+        let config = &self.ctx.config;
+        let Some(authenticator) = config.authenticator.0.clone() else { return Ok(None) };
+        let addr = self.addr;
+        let id = &hello.client_id;
+        if hello.version == MIN_PROTOCOL_VERSION {
+            tracing::warn!(peer = %id, %addr, "connection refused: protocol 1 cannot authenticate");
+            return Err((ErrorCode::Version, "this server requires authentication: speak protocol 2".into()));
+        }
+        if hello.token.is_some() && !addr.ip().is_loopback() && !config.plaintext_tokens {
+            tracing::warn!(peer = %id, %addr, "connection refused: a token over plaintext from a remote peer");
+            return Err((
+                ErrorCode::TlsRequired,
+                "a token over plaintext from a remote peer is refused: use TLS".into(),
+            ));
+        }
+        let request = AuthRequest::new(id.clone(), hello.token.clone(), addr, false);
+        let left = self
+            .peer
+            .handshake_deadline()
+            .map_or(config.handshake_timeout, |deadline| deadline.saturating_duration_since(Instant::now()));
+        let refusal = match rt::timeout(left, authenticator.authenticate(&request)).await {
+            Ok(Ok(principal)) if !principal.allowed.permits(id) => AuthError::Forbidden,
+            Ok(Ok(principal)) if principal.expires.is_some_and(|at| at <= SystemTime::now()) => AuthError::Expired,
+            Ok(Ok(principal)) => return Ok(Some(principal)),
+            Ok(Err(refusal)) => refusal,
+            Err(_) => AuthError::Unavailable("the authenticator did not answer within the handshake timeout".into()),
+        };
+        tracing::warn!(peer = %id, %addr, %refusal, "connection refused");
+        // The peer learns the code; an unavailable backend's details stay in the log.
+        let text = match &refusal {
+            AuthError::Unavailable(_) => "authentication is unavailable, try again later".to_owned(),
+            other => other.to_string(),
+        };
+        Err((refusal.code(), text))
+    }
+
+    /// Serves the connection. In the handshake phase, returns the peer's `HELLO` when it comes;
+    /// after it, runs until the connection ends.
     fn poll_conn(&mut self, cx: &mut std::task::Context<'_>, handshake: bool) -> Poll<Handshake> {
         let peer = self.peer.clone();
         // Whether the last read took less than it could: the socket had nothing more then.
@@ -256,21 +337,9 @@ impl Conn {
             }
             let status = peer.status();
             if let Some(hello) = status.hello {
-                // The peer spoke: its handshake no longer counts as in flight (before anything
-                // can answer it, so that a client that got its `WELCOME` is never counted).
-                if handshake {
-                    self.slot.settle();
-                }
-                let join = HubMsg::Join { hello, addr: self.addr, peer: peer.clone() };
-                if self.ctx.hub.try_send(join).is_err() {
-                    // The server is stopping.
-                    peer.step(|machine| machine.close_with(Frame::bye("shutdown")));
-                    continue;
-                }
-                self.joined = true;
-                if handshake {
-                    return Poll::Ready(Handshake::Joined);
-                }
+                // A machine hands over one `HELLO`, in the handshake phase.
+                debug_assert!(handshake, "a HELLO after the handshake");
+                return Poll::Ready(Handshake::Hello(hello));
             }
             if !self.poll_timer(cx, status.deadline) {
                 continue;

@@ -15,6 +15,7 @@ use futures::{pin_mut, select_biased, FutureExt};
 
 use super::peer::{Hello, Peer};
 use super::{OfflineReason, ServerConfig, ServerEvent, ServerSendError};
+use crate::auth::Principal;
 use crate::core::{ConnKey, HubConfig, HubCore, Join, KeptSession, PeerInfo};
 use crate::protocol::ClientId;
 use crate::rt;
@@ -32,6 +33,8 @@ pub(super) enum HubMsg {
         hello: Hello,
         addr: SocketAddr,
         peer: Link,
+        /// Who the peer authenticated as (`None`: no authenticator is configured).
+        principal: Option<Principal>,
     },
     Leave {
         key: ConnKey,
@@ -132,9 +135,10 @@ fn emit(core: &mut HubCore<Link>, events: &async_channel::Sender<ServerEvent>) {
 fn handle(core: &mut HubCore<Link>, msg: HubMsg, events: &async_channel::Sender<ServerEvent>) {
     let now = Instant::now();
     match msg {
-        HubMsg::Join { hello, addr, peer } => {
+        HubMsg::Join { hello, addr, peer, principal } => {
             let Hello { version, client_id, resume, .. } = hello;
-            let join = Join { key: peer.key(), version, client_id, resume, addr };
+            let subject = principal.map(|principal| principal.subject);
+            let join = Join { key: peer.key(), version, client_id, resume, addr, subject };
             if let Some(welcome) = core.join(join, peer, secret_bytes(), now) {
                 // `PeerOnline` first: whatever the peer sent comes after it.
                 emit(core, events);

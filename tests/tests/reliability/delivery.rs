@@ -2095,6 +2095,7 @@ mod checks {
             last_seen: Instant::now(),
             last_rtt: None,
             misses: 0,
+            subject: None,
         };
         let undelivered = vec![Undelivered { seq: 2, payload: numbered('s', 2), maybe_delivered: true }];
         ledger.note(&ServerEvent::PeerOffline { peer, reason: OfflineReason::Eof, undelivered });
