@@ -69,6 +69,9 @@ pub struct Join {
     pub addr: SocketAddr,
     /// Who it authenticated as (`None`: anonymous, on a server without an authenticator).
     pub subject: Option<Subject>,
+    /// How long until its credential expires, if it does (told in `WELCOME`; past it and the
+    /// grace, the connection ends with `ERROR auth-expired`).
+    pub expires_in: Option<Duration>,
 }
 
 /// The answer to a `HELLO`, to send once the application has heard of the peer.
@@ -165,7 +168,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
     /// [`Welcome::send`] it, so that whatever the peer sent comes after its `PeerOnline`.
     #[must_use = "the peer waits for its WELCOME"]
     pub fn join(&mut self, join: Join, link: L, random: [u8; 16], now: Instant) -> Option<Welcome<L>> {
-        let Join { key, version, client_id, resume, addr, subject } = join;
+        let Join { key, version, client_id, resume, addr, subject, expires_in } = join;
         // Only the subject that holds an id (online, or in a kept session) may take it over or
         // resume it; another gets `ERROR forbidden` and disturbs nothing. Without an
         // authenticator every peer is anonymous, and version 1's takeover rule holds.
@@ -270,7 +273,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
             max_missed: self.config.max_missed,
             keep: self.config.keep,
             resumed,
-            expires_in: None,
+            expires_in,
         };
         Some(Welcome { link, session, terms })
     }

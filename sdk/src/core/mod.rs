@@ -24,7 +24,9 @@ pub use delivery::{AckAboveSent, Inbound, Numbered, Outbound, Receipt, SequenceG
 pub use hub::{HubConfig, HubCore, Join, PeerLink, Welcome};
 pub use miss::{MissCounter, MissWatch, Tick};
 pub use online::{ConnKey, Departed, Eviction, Joined, Observation, OnlineList, PeerInfo};
-pub use server_machine::{ConnEnd, ServerMachine, ServerMachineConfig, ServerMachineEvent, WelcomeTerms};
+pub use server_machine::{
+    ConnEnd, ServerMachine, ServerMachineConfig, ServerMachineEvent, WelcomeTerms, DEFAULT_AUTH_GRACE,
+};
 pub use sessions::{
     DetachedLimits, KeptSession, SendRefused, ServerSession, SessionLimits, SessionTable, Undelivered,
     DEFAULT_DETACHED_BYTES, DEFAULT_KEEP, DEFAULT_SESSION_BYTES, DEFAULT_SESSION_MESSAGES,

@@ -281,7 +281,8 @@ impl Pair {
             ServerMachineEvent::Hello { version, client_id, resume, .. } => {
                 self.next_random = self.next_random.wrapping_add(1);
                 let addr = "127.0.0.1:5000".parse().unwrap();
-                let join = Join { key, version, client_id, resume, addr, subject: self.subject.clone() };
+                let join =
+                    Join { key, version, client_id, resume, addr, subject: self.subject.clone(), expires_in: None };
                 if let Some(conn) = self.conn.as_mut().filter(|conn| conn.key == key) {
                     conn.joined = true;
                 }
@@ -614,6 +615,7 @@ fn join_twin(pair: &mut Pair, subject: Option<&str>) -> (TestLink, Option<Welcom
         resume: None,
         addr: "127.0.0.1:6000".parse().unwrap(),
         subject: subject.map(Subject::new),
+        expires_in: None,
     };
     let welcome = pair.hub.join(join, twin.clone(), [9; 16], pair.now);
     (twin, welcome)

@@ -68,6 +68,10 @@ pub struct ServerMachineConfig {
     /// How soon a client message handed to the application is acknowledged at the latest
     /// (default 20 ms; protocol 2).
     pub ack_delay: Duration,
+    /// How long past its credential's expiry a peer may stay connected (default 25 s): then it
+    /// gets `ERROR auth-expired` and is closed (its session is kept, for the resume with a new
+    /// credential).
+    pub auth_grace: Duration,
 }
 
 impl Default for ServerMachineConfig {
@@ -76,9 +80,13 @@ impl Default for ServerMachineConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(5),
             ack_delay: DEFAULT_ACK_DELAY,
+            auth_grace: DEFAULT_AUTH_GRACE,
         }
     }
 }
+
+/// The default of [`ServerMachineConfig::auth_grace`].
+pub const DEFAULT_AUTH_GRACE: Duration = Duration::from_secs(25);
 
 /// What the hub tells a peer in its `WELCOME`, besides the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +165,8 @@ pub enum ConnEnd {
     Lost,
     /// The server closed it: [`ServerMachine::refuse`] or [`ServerMachine::close_with`].
     ClosedByServer,
+    /// The peer's credential expired (past the grace); it was sent `ERROR auth-expired`.
+    CredentialExpired,
 }
 
 /// Where a connection is in its life.
@@ -179,10 +189,12 @@ enum Timer {
     Handshake,
     /// A client message is unacknowledged: `ACK` when it passes.
     Ack,
+    /// The peer's credential expires (plus the grace): `ERROR auth-expired` when it passes.
+    Expiry,
 }
 
 impl Timer {
-    const ALL: [Timer; 2] = [Timer::Handshake, Timer::Ack];
+    const ALL: [Timer; 3] = [Timer::Handshake, Timer::Ack, Timer::Expiry];
 }
 
 /// The bytes to write, and how many frames went in since the shell last emptied them.
@@ -273,6 +285,8 @@ pub struct ServerMachine {
     events: Option<Box<VecDeque<ServerMachineEvent>>>,
     /// Until `WELCOME`: what only the handshake needs (boxed: gone for the connection's life).
     handshake: Option<Box<HandshakeState>>,
+    /// When the peer's credential has expired, grace included.
+    expiry: Option<Instant>,
     /// The session, from `WELCOME` on.
     session: Option<ServerSession>,
     last_heard: Option<Instant>,
@@ -286,6 +300,7 @@ pub struct ServerMachine {
 struct HandshakeState {
     deadline: Instant,
     timeout: Duration,
+    auth_grace: Duration,
     /// The `rx` of the peer's `HELLO`: the highest server message its application was given.
     resume_rx: Option<u64>,
 }
@@ -310,6 +325,7 @@ impl ServerMachine {
         let handshake = HandshakeState {
             deadline: now + config.handshake_timeout,
             timeout: config.handshake_timeout,
+            auth_grace: config.auth_grace,
             resume_rx: None,
         };
         ServerMachine {
@@ -320,6 +336,7 @@ impl ServerMachine {
             transmit: Transmit::default(),
             events: None,
             handshake: Some(Box::new(handshake)),
+            expiry: None,
             session: None,
             last_heard: None,
             rtt: None,
@@ -379,6 +396,10 @@ impl ServerMachine {
                         self.end(ConnEnd::HandshakeTimeout, Some(Frame::error(ErrorCode::Timeout, text)));
                     }
                     Timer::Ack => self.write_ack(),
+                    Timer::Expiry => {
+                        let text = "the credential has expired: reconnect with a new one";
+                        self.end(ConnEnd::CredentialExpired, Some(Frame::error(ErrorCode::AuthExpired, text)));
+                    }
                 }
             }
         }
@@ -399,6 +420,7 @@ impl ServerMachine {
         match (timer, self.phase) {
             (Timer::Handshake, Phase::Handshake) => self.handshake.as_ref().map(|h| h.deadline),
             (Timer::Ack, Phase::Open) => self.session.as_ref()?.inbound.ack_deadline(),
+            (Timer::Expiry, Phase::Open) => self.expiry,
             _ => None,
         }
     }
@@ -506,7 +528,8 @@ impl ServerMachine {
         self.transmit.push(&Frame::Welcome { session: session.id().clone(), interval, max_missed, resume });
         self.session = Some(session);
         self.phase = Phase::Open;
-        self.handshake = None;
+        let grace = self.handshake.take().map_or(DEFAULT_AUTH_GRACE, |handshake| handshake.auth_grace);
+        self.expiry = expires_in.map(|left| now + left + grace);
         self.write_unwritten();
         self.process(now);
     }
@@ -971,6 +994,37 @@ mod tests {
             sent(&mut machine),
             format!("WELCOME s1 1000 3 resumed=0 rx=0 resume={secret} keep=120000 exp=3600\n")
         );
+    }
+
+    #[test]
+    fn a_credential_that_expires_ends_the_connection_after_the_grace_and_keeps_the_session() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(25);
+        let mut machine = ServerMachine::new(t0, ServerMachineConfig { auth_grace: grace, ..config() });
+        machine.handle_input(b"HELLO 2 desk-42 token=abc.def\n", t0);
+        let _ = machine.poll_event();
+        let terms = WelcomeTerms { expires_in: Some(Duration::from_secs(10)), ..terms(false) };
+        machine.welcome(new_session("desk-42", SessionLimits::default()), terms, t0);
+        let _ = sent(&mut machine);
+        let end = t0 + Duration::from_secs(10) + grace;
+        assert_eq!(machine.poll_timeout(), Some(end));
+        // Pulses and answers meanwhile change nothing.
+        machine.pulse(1, t0 + Duration::from_secs(30));
+        machine.handle_input(b"ALIVE 1\n", t0 + Duration::from_secs(30));
+        machine.handle_timeout(end - NS);
+        assert!(!machine.is_closed());
+        let _ = sent(&mut machine);
+        machine.handle_timeout(end);
+        assert_eq!(sent(&mut machine), "ERROR auth-expired the credential has expired: reconnect with a new one\n");
+        assert_eq!(closed_by(&mut machine), ConnEnd::CredentialExpired);
+        assert!(machine.take_session().is_some(), "the session is there to keep");
+    }
+
+    #[test]
+    fn a_credential_without_expiry_sets_no_timer() {
+        let t0 = Instant::now();
+        let machine = v2(t0);
+        assert_eq!(machine.poll_timeout(), None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub struct ServerConfig {
     pub(crate) authenticator: AuthSlot,
     /// Tokens accepted over plaintext from non-loopback peers.
     pub(crate) plaintext_tokens: bool,
+    pub(crate) auth_grace: Duration,
 }
 
 /// The configured authenticator (its `Debug` says only whether there is one).
@@ -88,6 +89,7 @@ impl ServerConfig {
                 detached_bytes: DEFAULT_DETACHED_BYTES,
                 authenticator: AuthSlot::default(),
                 plaintext_tokens: false,
+                auth_grace: crate::core::DEFAULT_AUTH_GRACE,
             },
         }
     }
@@ -307,6 +309,14 @@ impl ServerConfigBuilder {
     /// `ERROR tls-required`, since anyone on the path could read the token and use it).
     pub fn allow_plaintext_tokens(mut self, allow: bool) -> Self {
         self.config.plaintext_tokens = allow;
+        self
+    }
+
+    /// How long past its credential's expiry an authenticated peer may stay connected (default
+    /// 25 s): then it gets `ERROR auth-expired` and is closed, and its session is kept for the
+    /// resume with a new credential. The peer learns the expiry from its `WELCOME` (`exp=`).
+    pub fn auth_grace(mut self, grace: Duration) -> Self {
+        self.config.auth_grace = grace;
         self
     }
 

@@ -128,6 +128,10 @@ async fn close(peer: &Peer, end: End, addr: SocketAddr, key: u64, joined: bool, 
                 ConnEnd::HandshakeTimeout => tracing::warn!(%addr, "connection refused: no HELLO in time"),
                 ConnEnd::Lost => leave(OfflineReason::Eof).await,
                 ConnEnd::ClosedByServer => {}
+                ConnEnd::CredentialExpired => {
+                    tracing::info!(%addr, "connection closed: its credential expired");
+                    leave(OfflineReason::AuthExpired).await;
+                }
             }
             finish(peer, ctx).await;
         }
@@ -169,6 +173,7 @@ impl Conn {
             max_payload: config.max_payload,
             handshake_timeout: config.handshake_timeout,
             ack_delay: DEFAULT_ACK_DELAY,
+            auth_grace: config.auth_grace,
         };
         let machine = ServerMachine::new(Instant::now(), machine_config);
         let peer = Arc::new(Peer::new(socket, key, machine, ctx.events.clone()));

@@ -137,8 +137,13 @@ fn handle(core: &mut HubCore<Link>, msg: HubMsg, events: &async_channel::Sender<
     match msg {
         HubMsg::Join { hello, addr, peer, principal } => {
             let Hello { version, client_id, resume, .. } = hello;
+            // The expiry as the time left: the hub's clock is monotonic, a credential's is not.
+            let expires_in = principal
+                .as_ref()
+                .and_then(|principal| principal.expires)
+                .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default());
             let subject = principal.map(|principal| principal.subject);
-            let join = Join { key: peer.key(), version, client_id, resume, addr, subject };
+            let join = Join { key: peer.key(), version, client_id, resume, addr, subject, expires_in };
             if let Some(welcome) = core.join(join, peer, secret_bytes(), now) {
                 // `PeerOnline` first: whatever the peer sent comes after it.
                 emit(core, events);

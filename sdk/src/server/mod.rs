@@ -348,12 +348,15 @@ pub enum OfflineReason {
     },
     /// The server is shutting down.
     Shutdown,
+    /// Its credential expired while it was connected (past the grace), and it was sent
+    /// `ERROR auth-expired`; its session is kept, for the resume with a new credential.
+    AuthExpired,
 }
 
 impl OfflineReason {
     /// A stable machine word for the reason, for logs and JSON: `goodbye`, `timeout`,
     /// `stalled`, `write-timeout`, `replaced`, `resumed`, `eof`, `reset`, `io`, `protocol`,
-    /// `peer-error`, `shutdown`.
+    /// `peer-error`, `shutdown`, `auth-expired`.
     ///
     /// ```
     /// use pulsewire::OfflineReason;
@@ -373,6 +376,7 @@ impl OfflineReason {
             OfflineReason::Protocol(_) => "protocol",
             OfflineReason::PeerError { .. } => "peer-error",
             OfflineReason::Shutdown => "shutdown",
+            OfflineReason::AuthExpired => "auth-expired",
         }
     }
 
@@ -401,6 +405,7 @@ impl fmt::Display for OfflineReason {
             OfflineReason::Protocol(violation) => write!(f, "protocol error: {violation}"),
             OfflineReason::PeerError { code, text } => write!(f, "peer sent error {code}: {text}"),
             OfflineReason::Shutdown => f.write_str("server shutdown"),
+            OfflineReason::AuthExpired => f.write_str("its credential expired"),
         }
     }
 }
