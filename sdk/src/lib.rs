@@ -76,7 +76,7 @@ mod server;
 pub use crate::core::{OutboxStatus, ReconnectPolicy, ResumeState, SendOptions};
 pub use client::{
     Client, ClientConfig, ClientConfigBuilder, CloseReason, ConnectError, DisconnectReason, Driver, Event, Events,
-    Failure, ProbeError, SendError, State, Ticket,
+    Failure, ProbeError, SendError, State, Ticket, TokenProvider,
 };
 pub use error::{ConfigError, IoError, ProtocolViolation, MAX_PAYLOAD_LIMIT};
 pub use server::{

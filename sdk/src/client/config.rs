@@ -1,5 +1,8 @@
 //! The client's configuration and its builder.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{OutboxLimits, ReconnectPolicy, ResumeState};
@@ -23,6 +26,7 @@ pub struct ClientConfig {
     pub(crate) resume: Option<ResumeState>,
     /// Sent in every `HELLO`; redacted in `Debug`.
     pub(crate) token: Option<Token>,
+    pub(crate) token_provider: ProviderSlot,
 }
 
 impl ClientConfig {
@@ -54,6 +58,7 @@ impl ClientConfig {
             outbox: OutboxLimits::default(),
             resume: None,
             token: None,
+            token_provider: ProviderSlot::default(),
             initial_delay_set: false,
         }
     }
@@ -79,6 +84,47 @@ impl ClientConfig {
     }
 }
 
+/// Where a client gets a token when it needs one: before its first connect, after the server
+/// said `auth-expired` (never a token it had before), and once after `auth-failed` or
+/// `auth-required`. One call is in flight at a time. An `Err` (its text is for the
+/// application's log: [`ConnectError::TokenProvider`](crate::ConnectError::TokenProvider)) counts
+/// as a failed connect attempt, and the client backs off and asks again.
+///
+/// Any `Fn() -> impl Future<Output = Result<String, String>>` is one:
+///
+/// ```
+/// use pulsewire::ClientConfig;
+/// let config = ClientConfig::builder("127.0.0.1:7878", "desk-1")
+///     .token_provider(|| async { Ok::<_, String>("a-fresh-token".to_owned()) })
+///     .build()
+///     .unwrap();
+/// # let _ = config;
+/// ```
+pub trait TokenProvider: Send + Sync + 'static {
+    /// A token to authenticate with (never logged).
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+impl<F, Fut> TokenProvider for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, String>> + Send + 'static,
+{
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(self())
+    }
+}
+
+/// The configured token provider (its `Debug` says only whether there is one).
+#[derive(Clone, Default)]
+pub(crate) struct ProviderSlot(pub(crate) Option<Arc<dyn TokenProvider>>);
+
+impl std::fmt::Debug for ProviderSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(token provider)" } else { "None" })
+    }
+}
+
 /// Builds a [`ClientConfig`]; every setter has a documented default.
 #[derive(Debug, Clone)]
 #[must_use = "call .build() to get a ClientConfig"]
@@ -94,6 +140,7 @@ pub struct ClientConfigBuilder {
     resume: Option<ResumeState>,
     /// The token given, validated (`Some(None)`: not a valid token; `build` says so).
     token: Option<Option<Token>>,
+    token_provider: ProviderSlot,
     /// Whether the application chose the initial delay (else it follows a lower max delay).
     initial_delay_set: bool,
 }
@@ -207,6 +254,14 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// Gets tokens from `provider` (see [`TokenProvider`]) instead of one fixed token: an
+    /// expired credential is replaced and the session resumes, nothing lost; a refused one is
+    /// asked for once more before the client stops.
+    pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
+        self.token_provider = ProviderSlot(Some(Arc::new(provider)));
+        self
+    }
+
     /// Validates everything and returns the configuration.
     pub fn build(mut self) -> Result<ClientConfig, ConfigError> {
         if !self.initial_delay_set {
@@ -241,6 +296,7 @@ impl ClientConfigBuilder {
             close_timeout: self.close_timeout,
             outbox: self.outbox,
             resume: self.resume,
+            token_provider: self.token_provider,
             token: match self.token {
                 None => None,
                 Some(Some(token)) => Some(token),

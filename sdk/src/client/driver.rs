@@ -14,6 +14,7 @@ use futures::{pin_mut, select_biased, FutureExt};
 use super::{ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, Phase, Shared};
 use crate::core::{BackoffSchedule, ConnectionEnd};
 use crate::error::IoError;
+use crate::protocol::{ErrorCode, Token};
 use crate::rt::{self, TcpStream};
 
 /// Bytes read per system call.
@@ -43,6 +44,12 @@ pub(super) async fn run(
     let task = shared.tasks.enter();
     let mut schedule = BackoffSchedule::new(config.reconnect.clone(), fastrand::u64(..), Instant::now());
     let mut last_error: Option<Failure> = None;
+    let provider = config.token_provider.0.clone();
+    // The token provider is asked before the first connect, and again when the server says
+    // the token is no good: `auth-expired` (as often as it expires), `auth-failed` or
+    // `auth-required` (once: the same answer twice in a row is final).
+    let mut need_token = provider.is_some();
+    let mut refused_in_a_row = 0u32;
     let reason = loop {
         if shared.machine().is_closed() {
             break CloseReason::Application;
@@ -62,6 +69,20 @@ pub(super) async fn run(
         }
         shared.set(Phase::Connecting { attempt });
         shared.emit(Event::Connecting { attempt });
+        if let (true, Some(provider)) = (need_token, &provider) {
+            let Some(token) = until_closed(&close, provider.token()).await else { break CloseReason::Application };
+            match token.and_then(|text| Token::new(text).ok_or_else(|| "not a valid token".to_owned())) {
+                Ok(token) => {
+                    shared.with_machine(|machine| machine.set_token(Some(token)));
+                    need_token = false;
+                }
+                Err(why) => {
+                    tracing::warn!(server = %config.server, attempt, %why, "the token provider failed");
+                    last_error = Some(Failure::Connect(ConnectError::TokenProvider(why)));
+                    continue;
+                }
+            }
+        }
         let connected =
             match until_closed(&close, rt::timeout(config.connect_timeout, rt::connect(&config.server))).await {
                 None => break CloseReason::Application,
@@ -73,8 +94,23 @@ pub(super) async fn run(
             Ok(stream) => connection(stream, &shared, &close).await,
             Err(error) => ConnectionEnd::Refused(error),
         };
+        // A refused token is asked for again when a provider can give another.
+        let refused_token = match &end {
+            ConnectionEnd::Refused(ConnectError::Rejected { code, .. })
+            | ConnectionEnd::Disconnected { reason: DisconnectReason::ServerError { code, .. }, .. } => {
+                provider.is_some() && renews_token(code, &mut refused_in_a_row)
+            }
+            ConnectionEnd::Disconnected { .. } => {
+                refused_in_a_row = 0;
+                false
+            }
+            ConnectionEnd::Refused(_) => false,
+        };
+        need_token |= refused_token;
         match end {
-            ConnectionEnd::Refused(ConnectError::Rejected { code, text }) if super::event::is_fatal_code(&code) => {
+            ConnectionEnd::Refused(ConnectError::Rejected { code, text })
+                if !refused_token && super::event::is_fatal_code(&code) =>
+            {
                 break CloseReason::Rejected { code, text };
             }
             ConnectionEnd::Refused(error) => {
@@ -87,7 +123,9 @@ pub(super) async fn run(
                 shared.emit(Event::Disconnected { reason: reason.clone() });
                 match reason {
                     DisconnectReason::ClosedByApplication => break CloseReason::Application,
-                    DisconnectReason::ServerError { code, text } if super::event::is_fatal_code(&code) => {
+                    DisconnectReason::ServerError { code, text }
+                        if !refused_token && super::event::is_fatal_code(&code) =>
+                    {
                         break CloseReason::Rejected { code, text };
                     }
                     _ => {}
@@ -108,6 +146,19 @@ pub(super) async fn run(
     // Counted out before `close()` hears that the driver is done.
     drop(task);
     drop(done);
+}
+
+/// Whether the server's `code` asks for a new token from the provider: always for
+/// `auth-expired`; for `auth-failed` and `auth-required` once, not twice in a row.
+fn renews_token(code: &ErrorCode, refused_in_a_row: &mut u32) -> bool {
+    match code {
+        ErrorCode::AuthExpired => true,
+        ErrorCode::AuthFailed | ErrorCode::AuthRequired => {
+            *refused_in_a_row += 1;
+            *refused_in_a_row < 2
+        }
+        _ => false,
+    }
 }
 
 /// Runs `task` unless the client is closed first (`None`).

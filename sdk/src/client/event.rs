@@ -276,6 +276,8 @@ pub enum ConnectError {
     },
     /// The server's answer broke the protocol.
     Protocol(ProtocolViolation),
+    /// The token provider failed, or gave something that is not a token; nothing was sent.
+    TokenProvider(String),
 }
 
 impl fmt::Display for ConnectError {
@@ -289,6 +291,7 @@ impl fmt::Display for ConnectError {
                 write!(f, "the server refused: {code}: {text}")
             }
             ConnectError::Protocol(violation) => write!(f, "bad handshake answer: {violation}"),
+            ConnectError::TokenProvider(why) => write!(f, "no token: {why}"),
         }
     }
 }

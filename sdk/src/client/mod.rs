@@ -21,7 +21,7 @@ use futures::{Stream, StreamExt as _};
 use crate::core::{ClientMachine, ClientMachineConfig, ConnectionEnd, OutboxStatus, ResumeState, SendOptions};
 use driver::Emit;
 
-pub use config::{ClientConfig, ClientConfigBuilder};
+pub use config::{ClientConfig, ClientConfigBuilder, TokenProvider};
 pub use event::{CloseReason, ConnectError, DisconnectReason, Event, Failure, ProbeError, SendError, State, Ticket};
 
 /// The application's handle to a client connection. Cheap to clone; every clone controls the

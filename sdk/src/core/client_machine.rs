@@ -484,6 +484,11 @@ impl ClientMachine {
         }
     }
 
+    /// The token the next `HELLO` carries (a token provider's new one).
+    pub fn set_token(&mut self, token: Option<Token>) {
+        self.config.token = token;
+    }
+
     /// The client stops for good (closed, gave up, or refused): every message still in the
     /// outbox is handed back, the unwritten ones as not delivered, the written ones as maybe
     /// delivered.
