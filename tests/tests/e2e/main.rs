@@ -3,6 +3,7 @@
 //! Intervals are short (50 ms) so faults show quickly; bounds are generous so a busy machine
 //! does not fail them. Each timing test prints what it measured.
 
+mod auth;
 mod bad_input;
 mod faults;
 mod happy_path;
