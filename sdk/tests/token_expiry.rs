@@ -220,3 +220,47 @@ fn a_failing_provider_is_a_failed_attempt_and_asked_again() {
         assert!(online, "online with the second token");
     });
 }
+
+#[test]
+fn a_provider_that_gives_back_the_expired_token_stops_the_client_instead_of_looping() {
+    smol::block_on(async {
+        let (server, _server_events) = server(Duration::from_millis(100)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        // A provider with a cache that never refreshes: the same one-second token every time.
+        let stale = Jwt::mint_hs256(SECRET, "alice", None, Some(Duration::from_secs(1)));
+        let provider = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let token = stale.clone();
+            async move { Ok(token) }
+        };
+        let config = ClientConfig::builder(server.local_addr().to_string(), "alice")
+            .initial_delay(Duration::from_millis(10))
+            .max_delay(Duration::from_millis(50))
+            .token_provider(provider)
+            .build()
+            .expect("config");
+        let (_client, mut events) = Client::start(config);
+        let closed = smol::future::or(
+            async {
+                while let Some(event) = events.next().await {
+                    if let Event::Closed { reason } = event {
+                        return Some(reason);
+                    }
+                }
+                None
+            },
+            async {
+                smol::Timer::after(PATIENCE).await;
+                None
+            },
+        )
+        .await;
+        assert!(
+            matches!(closed, Some(CloseReason::Rejected { code: ErrorCode::AuthExpired, .. })),
+            "stopped for good: {closed:?}"
+        );
+        // Asked before the first connect and once after the expiry: the same token again ends it.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    });
+}

@@ -85,8 +85,9 @@ impl ClientConfig {
 }
 
 /// Where a client gets a token when it needs one: before its first connect, after the server
-/// said `auth-expired` (never a token it had before), and once after `auth-failed` or
-/// `auth-required`. One call is in flight at a time. An `Err` (its text is for the
+/// said `auth-expired` (the client keeps no token for later), and once after `auth-failed` or
+/// `auth-required`. A provider that gives back the token just refused as expired stops the
+/// client (`CloseReason::Rejected` with `auth-expired`) rather than have it retry forever. One call is in flight at a time. An `Err` (its text is for the
 /// application's log: [`ConnectError::TokenProvider`](crate::ConnectError::TokenProvider)) counts
 /// as a failed connect attempt, and the client backs off and asks again.
 ///

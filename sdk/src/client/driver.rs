@@ -50,6 +50,8 @@ pub(super) async fn run(
     // `auth-required` (once: the same answer twice in a row is final).
     let mut need_token = provider.is_some();
     let mut refused_in_a_row = 0u32;
+    // The last token refused as expired: the provider giving it again is refused for good.
+    let mut expired: Option<Token> = None;
     let reason = loop {
         if shared.machine().is_closed() {
             break CloseReason::Application;
@@ -98,7 +100,12 @@ pub(super) async fn run(
         let refused_token = match &end {
             ConnectionEnd::Refused(ConnectError::Rejected { code, .. })
             | ConnectionEnd::Disconnected { reason: DisconnectReason::ServerError { code, .. }, .. } => {
-                provider.is_some() && renews_token(code, &mut refused_in_a_row)
+                let used = shared.machine().token().cloned();
+                let again = *code == ErrorCode::AuthExpired && used.is_some() && used == expired;
+                if *code == ErrorCode::AuthExpired {
+                    expired = used;
+                }
+                provider.is_some() && !again && renews_token(code, &mut refused_in_a_row)
             }
             ConnectionEnd::Disconnected { .. } => {
                 refused_in_a_row = 0;

@@ -489,6 +489,11 @@ impl ClientMachine {
         self.config.token = token;
     }
 
+    /// The token the `HELLO`s carry.
+    pub fn token(&self) -> Option<&Token> {
+        self.config.token.as_ref()
+    }
+
     /// The client stops for good (closed, gave up, or refused): every message still in the
     /// outbox is handed back, the unwritten ones as not delivered, the written ones as maybe
     /// delivered.

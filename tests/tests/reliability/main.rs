@@ -6,6 +6,7 @@
 //! the fast version of each; `--features soak` runs the long ones (see [`scale`]). Each test
 //! prints what it measured (run with `-- --nocapture` to see it).
 
+mod auth_storm;
 mod decoder_memory;
 mod delivery;
 mod hostile;
