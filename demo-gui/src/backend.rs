@@ -11,7 +11,13 @@
 //! - per embedded server: one thread that is the server's application: it forwards the
 //!   server's events, echoes messages back, and sends the stream's server → client messages;
 //! - the stream thread: while the stream switch is on, it sends the stream's client → server
-//!   messages and tells the server's thread when to send the next one of its own.
+//!   messages and tells the server's thread when to send the next one of its own;
+//! - the hijacker's thread, while the hijack fault plays out: a second client with the main
+//!   client's id and another subject's token, watched until the server refuses it.
+//!
+//! The embedded server requires a login ([`DemoJwt`]): the main client gets its tokens from a
+//! [`Minter`], each extra client has a token of its own, and nothing is sent to an external
+//! server, which cannot know the app's signing key.
 //!
 //! Every send to the main client's peer happens on the server's thread, in one sequence with
 //! the server's events, so the model can tell which message each of the server's
@@ -19,6 +25,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -27,9 +34,10 @@ use futures::executor::block_on;
 use futures::{future, stream, StreamExt};
 use pulsewire::core::{KeptSession, OutboxStatus, SendOptions};
 use pulsewire::protocol::ClientId;
-use pulsewire::{Client, Events, PeerInfo, Server, ServerEvent, ServerEvents, State};
+use pulsewire::{Client, ClientConfig, CloseReason, Event, Events, PeerInfo, Server, ServerEvent, ServerEvents, State};
 
-use crate::feed::{ExtraCounts, Feed, Input, ServerStatus};
+use crate::auth::{DemoJwt, Minter, SigningKey, AUTH_GRACE, CUT_SHORT_TO, HIJACKER, SUBJECT};
+use crate::feed::{ExtraCounts, Feed, HijackOutcome, Input, ServerStatus};
 use crate::ledger::Sent;
 use crate::relay::{Blackhole, Relay};
 use crate::settings::{Settings, Target};
@@ -40,6 +48,9 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the main client probes the round trip while online.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the hijack fault waits for the server's answer to the hijacker.
+pub const HIJACK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Where the relay points before there is any server (the discard port: nobody listens).
 const NOWHERE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9));
@@ -73,6 +84,13 @@ pub enum Command {
     SpawnExtras(usize),
     /// Close the extra clients.
     StopExtras,
+    /// The hijack fault: a second client with the main client's id and a token of another
+    /// subject (allowed every id) asks the embedded server for the id; it must be refused.
+    Hijack,
+    /// The expire-token fault: the main client's credential expires now (in
+    /// [`CUT_SHORT_TO`]); past the grace the server ends the connection with `auth-expired`, and
+    /// the client gets a new token and resumes.
+    ExpireToken,
     /// Use these settings, restarting what they affect.
     Apply(Settings),
 }
@@ -89,9 +107,10 @@ impl Backend {
     /// Starts the worker: it starts the embedded server and the relay, then connects the main
     /// client, reporting each step through `feed`.
     pub fn start(settings: Settings, feed: Feed) -> std::io::Result<Backend> {
+        let key = SigningKey::random()?;
         let (commands, inbox) = mpsc::channel();
         let worker = thread::Builder::new().name("demo-worker".into()).spawn(move || {
-            let mut worker = Worker::new(settings, feed);
+            let mut worker = Worker::new(settings, key, feed);
             worker.boot();
             worker.run(&inbox);
             worker.quit();
@@ -121,6 +140,14 @@ impl Drop for Backend {
 struct Worker {
     settings: Settings,
     feed: Feed,
+    /// The embedded server's signing key, kept across its restarts.
+    key: SigningKey,
+    /// The embedded server's authenticator (one for every run of it).
+    authenticator: Arc<DemoJwt>,
+    /// The main client's token provider (none while it sends no token).
+    minter: Option<Minter>,
+    /// The hijacker's thread, while the hijack fault plays out.
+    hijack: Option<JoinHandle<()>>,
     relay: Option<Relay>,
     server: Option<Server>,
     /// The embedded server's port, kept across restarts (0 until it first ran).
@@ -145,10 +172,15 @@ struct StreamThread {
 }
 
 impl Worker {
-    fn new(settings: Settings, feed: Feed) -> Worker {
+    fn new(settings: Settings, key: SigningKey, feed: Feed) -> Worker {
+        let authenticator = Arc::new(DemoJwt::new(&key, feed.clone()));
         Worker {
             settings,
             feed,
+            key,
+            authenticator,
+            minter: None,
+            hijack: None,
             relay: None,
             server: None,
             port: 0,
@@ -257,8 +289,76 @@ impl Worker {
             }
             Command::SpawnExtras(count) => self.spawn_extras(count),
             Command::StopExtras => self.stop_extras(),
+            Command::Hijack => self.hijack(),
+            Command::ExpireToken => self.expire_token(),
             Command::Apply(settings) => self.apply(settings),
         }
+    }
+
+    /// Whether the embedded server runs and the main client talks to it: only then do the app's
+    /// tokens mean anything.
+    fn embedded_running(&self) -> bool {
+        self.settings.target == Target::Embedded && self.server.is_some()
+    }
+
+    /// The hijack fault: starts the hijacker on its own thread.
+    fn hijack(&mut self) {
+        if !self.embedded_running() {
+            self.feed.note("no hijack: it needs the embedded server running (only it knows the app's signing key)");
+            return;
+        }
+        if self.hijack.as_ref().is_some_and(|hijack| !hijack.is_finished()) {
+            self.feed.note("no hijack: the last one is still under way");
+            return;
+        }
+        if let Some(done) = self.hijack.take() {
+            let _ = done.join();
+        }
+        let id = self.settings.client_id.clone();
+        // Any id is allowed to mallory: the server must refuse this one because alice holds it.
+        let token = self.key.mint(HIJACKER, Some(&["*"]), Some(Duration::from_secs(60)));
+        let config = match self.settings.client_builder(&self.server_address(), &id).token(token).build() {
+            Ok(config) => config,
+            Err(error) => {
+                self.feed.note(format!("no hijack: {error}"));
+                return;
+            }
+        };
+        self.feed.send(Input::HijackStarted { client_id: id, subject: HIJACKER.to_owned() });
+        let feed = self.feed.clone();
+        match thread::Builder::new().name("hijacker".into()).spawn(move || hijack(config, &feed)) {
+            Ok(thread) => self.hijack = Some(thread),
+            Err(error) => self.feed.note(format!("no hijack: cannot start its thread: {error}")),
+        }
+    }
+
+    /// The expire-token fault: the server cuts the main client's credential short at its next
+    /// `HELLO`, and the link is cut so that the client says `HELLO` now.
+    fn expire_token(&mut self) {
+        if !self.embedded_running() || self.minter.is_none() {
+            self.feed.note("no expire token: it needs the embedded server running and a client that logs in to it");
+            return;
+        }
+        let id = self.settings.client_id.clone();
+        self.authenticator.cut_short_next(&id, SUBJECT);
+        let how = match (&self.relay, self.settings.via_relay) {
+            (Some(relay), true) => {
+                relay.cut();
+                "the relay cuts its connection"
+            }
+            _ => {
+                if let Some(server) = &self.server {
+                    block_on(server.drop_connections());
+                }
+                "the server drops every connection (the client does not go through the relay)"
+            }
+        };
+        self.feed.note(format!(
+            "expire token: the server will hold {id}'s credential to expire {} after its next HELLO, and {how} so \
+             that it says HELLO now; {} past the expiry the server ends the connection with auth-expired",
+            crate::words::seconds(&CUT_SHORT_TO),
+            crate::words::seconds(&AUTH_GRACE),
+        ));
     }
 
     /// Stops the embedded server gracefully, if it runs.
@@ -280,7 +380,8 @@ impl Worker {
 
     /// Binds the embedded server on its port and starts its application thread.
     fn start_server(&mut self) {
-        let config = match self.settings.server_config(self.port) {
+        let authenticator: Arc<dyn pulsewire::auth::Authenticator> = self.authenticator.clone();
+        let config = match self.settings.server_config(self.port, Some(authenticator)) {
             Ok(config) => config,
             Err(error) => {
                 self.feed.send(Input::Server(ServerStatus::Failed(error.to_string())));
@@ -361,22 +462,33 @@ impl Worker {
     fn connect(&mut self) {
         self.close_client();
         let target = self.client_target();
-        let config = match self.settings.client_config(&target, &self.settings.client_id) {
+        let generation = self.generation + 1;
+        let id = self.settings.client_id.clone();
+        let mut builder = self.settings.client_builder(&target, &id);
+        // Tokens for the embedded server only: an external one cannot know the app's key.
+        let minter = (self.settings.target == Target::Embedded).then(|| {
+            let lifetime = self.settings.token_lifetime();
+            Minter::new(self.key.clone(), &id, generation, lifetime, self.feed.clone())
+        });
+        if let Some(minter) = &minter {
+            let minter = minter.clone();
+            builder = builder.token_provider(move || {
+                let token = minter.mint();
+                async move { Ok::<_, String>(token) }
+            });
+        }
+        let config = match builder.build() {
             Ok(config) => config,
             Err(error) => {
                 self.feed.note(format!("cannot start the client: {error}"));
                 return;
             }
         };
-        self.generation += 1;
-        let generation = self.generation;
+        self.generation = generation;
         let via_relay = self.relay.is_some() && self.settings.via_relay;
-        self.feed.send(Input::ClientStarted {
-            generation,
-            client_id: self.settings.client_id.clone(),
-            target,
-            via_relay,
-        });
+        let subject = minter.as_ref().map(|_| SUBJECT.to_owned());
+        self.feed.send(Input::ClientStarted { generation, client_id: id, target, via_relay, subject });
+        self.minter = minter;
         let (client, events) = Client::start(config);
         spawn(&self.feed, "client-events", {
             let feed = self.feed.clone();
@@ -396,6 +508,7 @@ impl Worker {
             block_on(client.close());
             self.tell_stream(StreamControl::Client(None));
         }
+        self.minter = None;
     }
 
     fn send(&self, text: String) {
@@ -418,11 +531,17 @@ impl Worker {
 
     fn spawn_extras(&mut self, count: usize) {
         let server = self.server_address();
+        let embedded = self.settings.target == Target::Embedded;
         let first = self.extras.len() + 1;
         let mut started = 0;
         for n in first..first + count {
             let id = format!("extra-{n:03}");
-            match self.settings.client_config(&server, &id) {
+            let mut builder = self.settings.client_builder(&server, &id);
+            if embedded {
+                // Each its own subject, named like its id, with a token that does not expire.
+                builder = builder.token(self.key.mint(&id, None, None));
+            }
+            match builder.build() {
                 Ok(config) => {
                     // Their events are not read: the online list and their states tell the story.
                     let (client, _events) = Client::start(config);
@@ -467,6 +586,14 @@ impl Worker {
             || backoff(&before) != backoff(&self.settings);
         if client_changed && self.client.is_some() {
             self.connect();
+        } else if before.token_lifetime_s != self.settings.token_lifetime_s {
+            if let Some(minter) = &self.minter {
+                minter.set_lifetime(self.settings.token_lifetime());
+                self.feed.note(format!(
+                    "the next tokens live {}: the current one keeps its expiry",
+                    crate::words::seconds(&self.settings.token_lifetime())
+                ));
+            }
         }
         if client_changed && !self.extras.is_empty() {
             let count = self.extras.len();
@@ -514,6 +641,10 @@ impl Worker {
             drop(stream.control);
             let _ = stream.thread.join();
         }
+        // Ends within HIJACK_PATIENCE.
+        if let Some(hijack) = self.hijack.take() {
+            let _ = hijack.join();
+        }
         if let Some(server) = self.server.take() {
             block_on(server.shutdown());
         }
@@ -542,8 +673,8 @@ fn backoff(settings: &Settings) -> (u64, u64, f64, f64) {
 fn same_view(a: &[PeerInfo], b: &[PeerInfo]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(a, b)| {
-            (&a.id, a.addr, &a.session, a.connected_since, a.last_rtt, a.misses)
-                == (&b.id, b.addr, &b.session, b.connected_since, b.last_rtt, b.misses)
+            (&a.id, a.addr, &a.session, a.connected_since, a.last_rtt, a.misses, &a.subject)
+                == (&b.id, b.addr, &b.session, b.connected_since, b.last_rtt, b.misses, &b.subject)
         })
 }
 
@@ -565,6 +696,32 @@ fn spawn(feed: &Feed, name: &str, body: impl FnOnce() + Send + 'static) {
     if let Err(error) = thread::Builder::new().name(name.into()).spawn(body) {
         feed.note(format!("cannot start thread {name}: {error}"));
     }
+}
+
+/// The hijacker: a client with `config` (the main client's id, another subject's token),
+/// watched until the server admits or refuses it, or [`HIJACK_PATIENCE`] passes; then closed,
+/// and what happened reported.
+fn hijack(config: ClientConfig, feed: &Feed) {
+    let (client, mut events) = Client::start(config);
+    let deadline = Instant::now() + HIJACK_PATIENCE;
+    let mut last_error = None;
+    let outcome = loop {
+        match events.try_next() {
+            Some(Event::Connected { .. }) => break HijackOutcome::Admitted,
+            Some(Event::Closed { reason: CloseReason::Rejected { code, text } }) => {
+                break HijackOutcome::Refused { code, text }
+            }
+            Some(Event::Closed { reason }) => break HijackOutcome::Ended(reason.to_string()),
+            Some(Event::BackingOff { last_error: Some(error), .. }) => last_error = Some(crate::words::failure(&error)),
+            Some(_) => {}
+            None if Instant::now() >= deadline => {
+                break last_error.map_or(HijackOutcome::NoAnswer, HijackOutcome::Ended)
+            }
+            None => thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    block_on(client.close());
+    feed.send(Input::Hijack { outcome, tasks_left: client.live_tasks() });
 }
 
 /// Forwards the main client's events until its stream ends (after `Closed`).

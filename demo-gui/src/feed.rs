@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulsewire::core::{KeptSession, OutboxStatus};
-use pulsewire::protocol::ClientId;
+use pulsewire::protocol::{ClientId, ErrorCode};
 use pulsewire::{Event, PeerInfo, ProbeError, ServerEvent};
 
 use crate::ledger::Sent;
@@ -37,6 +37,43 @@ pub enum Input {
         target: String,
         /// Whether it connects through the fault relay.
         via_relay: bool,
+        /// The subject its tokens name (`None`: it sends no token, and is anonymous).
+        subject: Option<String>,
+    },
+    /// The main client's token provider minted a token.
+    TokenMinted {
+        /// Which client asked for it.
+        generation: u64,
+        /// How many tokens this client's provider has minted, this one included.
+        n: u32,
+        /// The subject it names.
+        subject: String,
+        /// The lifetime it was minted with.
+        lifetime: Duration,
+        /// When it expires (its `exp`).
+        expires: Instant,
+    },
+    /// The embedded server's authenticator cut a credential short (the expire-token fault).
+    CredentialCutShort {
+        /// Whose.
+        client_id: String,
+        /// When it expires now.
+        expires: Instant,
+    },
+    /// The hijack fault started: a second client with the main client's id and another
+    /// subject's token.
+    HijackStarted {
+        /// The id it asks for.
+        client_id: String,
+        /// The subject its token names.
+        subject: String,
+    },
+    /// What became of the hijack.
+    Hijack {
+        /// What the server did.
+        outcome: HijackOutcome,
+        /// How many of the hijacker's tasks still ran once it was closed (0: cleaned up).
+        tasks_left: usize,
     },
     /// An event of the main client.
     Client {
@@ -171,6 +208,24 @@ pub enum ServerStatus {
     Killed,
     /// Could not start.
     Failed(String),
+}
+
+/// What became of a hijack attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HijackOutcome {
+    /// The server refused it, as it should.
+    Refused {
+        /// The server's `ERROR` code.
+        code: ErrorCode,
+        /// The server's text.
+        text: String,
+    },
+    /// The server let it in: the id changed hands to another subject (a security bug).
+    Admitted,
+    /// Neither within the time the fault waits.
+    NoAnswer,
+    /// It ended another way (it could not connect, say).
+    Ended(String),
 }
 
 /// How many of the extra clients are in which state.

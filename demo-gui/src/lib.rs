@@ -6,6 +6,8 @@
 //! - [`model`]: what the window shows, as a plain value (inputs in, view data out);
 //! - [`feed`]: the channel from the background threads to the UI, which wakes the UI;
 //! - [`backend`]: the worker that owns the embedded server, the fault relay and the clients;
+//! - [`auth`]: who the clients are: the embedded server's JWT key and authenticator, the main
+//!   client's token provider;
 //! - [`relay`]: the local TCP relay that black-holes bytes without closing anything;
 //! - [`stream`], [`ledger`], [`delivery`]: protocol 2's promises checked live — numbered
 //!   messages both ways, each message's outcome as its sender learns it, and what was lost
@@ -16,6 +18,7 @@
 //! - [`app`] and `ui`: the eframe application and its drawing.
 
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod delivery;
 pub mod feed;

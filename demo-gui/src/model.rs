@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pulsewire::core::{KeptSession, OutboxStatus};
-use pulsewire::{Event, PeerInfo, ProbeError, ServerEvent};
+use pulsewire::protocol::ErrorCode;
+use pulsewire::{DisconnectReason, Event, PeerInfo, ProbeError, ServerEvent};
 
 use crate::delivery::Delivery;
-use crate::feed::{ExtraCounts, Input, ServerStatus, Stamped};
+use crate::feed::{ExtraCounts, HijackOutcome, Input, ServerStatus, Stamped};
 use crate::history::{Series, WINDOW};
 use crate::ledger::{Outcome, Sent};
 use crate::relay::Blackhole;
@@ -200,6 +201,67 @@ pub struct LastConnect {
     pub resumed: bool,
 }
 
+/// The main client's current token, as its provider minted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its number: how many tokens the provider has minted, this one included.
+    pub n: u32,
+    /// The subject it names.
+    pub subject: String,
+    /// The lifetime it was minted with.
+    pub lifetime: Duration,
+    /// When it expires (its `exp`, or sooner when the server cut it short).
+    pub expires: Instant,
+    /// Whether the embedded server cut it short (the expire-token fault).
+    pub cut_short: bool,
+}
+
+/// The last renewal of the main client's credential: the server ended the connection with
+/// `auth-expired`, the provider minted a new token, and the client connected again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// When the server ended the connection.
+    pub expired_at: Instant,
+    /// The session the ended connection had.
+    pub session_before: Option<String>,
+    /// The token minted since (the last one, if there were several).
+    pub token: Option<u32>,
+    /// The connect that followed, once it happened.
+    pub next: Option<LastConnect>,
+}
+
+impl Renewal {
+    /// Whether it is over and lost nothing: the client resumed the session it had.
+    pub fn resumed_the_same_session(&self) -> bool {
+        self.next.as_ref().is_some_and(|next| next.resumed && self.session_before.as_deref() == Some(&*next.session))
+    }
+}
+
+/// The last hijack fault: another subject asked for the main client's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hijack {
+    /// When it started.
+    pub at: Instant,
+    /// The id it asked for.
+    pub client_id: String,
+    /// The subject of its token.
+    pub subject: String,
+    /// The victim's session and disconnect count when it started.
+    pub before: (Option<String>, u32),
+    /// What the server did, and the victim's session and disconnect count then (none yet).
+    pub outcome: Option<(HijackOutcome, (Option<String>, u32))>,
+    /// How many of the hijacker's tasks were left after it was closed.
+    pub tasks_left: usize,
+}
+
+impl Hijack {
+    /// Whether the victim was untouched: online in the same session, with no disconnect
+    /// between the start and the outcome.
+    pub fn victim_untouched(&self) -> bool {
+        self.outcome.as_ref().is_some_and(|(_, after)| after.0.is_some() && *after == self.before)
+    }
+}
+
 /// How many handshakes resumed a session and how many opened a fresh one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Connects {
@@ -274,6 +336,12 @@ pub struct Model {
     detached: Vec<Kept>,
     streaming: bool,
     delivery: Delivery,
+    /// The subject the main client's tokens name (`None`: it sends none).
+    client_subject: Option<String>,
+    token: Option<TokenInfo>,
+    renewal: Option<Renewal>,
+    renewals: u32,
+    hijack: Option<Hijack>,
 }
 
 impl Model {
@@ -314,6 +382,11 @@ impl Model {
             detached: Vec::new(),
             streaming: false,
             delivery: Delivery::default(),
+            client_subject: None,
+            token: None,
+            renewal: None,
+            renewals: 0,
+            hijack: None,
         }
     }
 
@@ -321,8 +394,12 @@ impl Model {
     pub fn apply(&mut self, stamped: Stamped) {
         let Stamped { at, input } = stamped;
         match input {
-            Input::ClientStarted { generation, client_id, target, via_relay } => {
+            Input::ClientStarted { generation, client_id, target, via_relay, subject } => {
                 self.generation = Some(generation);
+                self.client_subject = subject;
+                self.token = None;
+                self.renewal = None;
+                self.renewals = 0;
                 self.client_id = Some(client_id.clone());
                 self.target = Some(target.clone());
                 self.via_relay = via_relay;
@@ -334,7 +411,11 @@ impl Model {
                 self.outbox = None;
                 self.delivery.forget_settled_clients(generation);
                 let route = if via_relay { " through the fault relay" } else { "" };
-                self.note(at, Source::App, format!("client {client_id} started: connects to {target}{route}"));
+                let login = match &self.client_subject {
+                    Some(subject) => format!(", logs in as {subject} with tokens from its provider"),
+                    None => ", sends no token (anonymous)".to_owned(),
+                };
+                self.note(at, Source::App, format!("client {client_id} started: connects to {target}{route}{login}"));
             }
             Input::Client { generation, event } => self.client_event(at, generation, event),
             Input::ClientSent { generation, ticket, sent } => {
@@ -393,6 +474,51 @@ impl Model {
                     self.note(at, Source::App, relay_note(blackhole));
                 }
             }
+            Input::TokenMinted { generation, n, subject, lifetime, expires } if self.generation == Some(generation) => {
+                let line = format!(
+                    "token #{n} minted for {subject}: expires in {} (lifetime {})",
+                    words::seconds(&expires.saturating_duration_since(at)),
+                    words::seconds(&lifetime)
+                );
+                self.token = Some(TokenInfo { n, subject, lifetime, expires, cut_short: false });
+                if let Some(renewal) = self.renewal.as_mut().filter(|renewal| renewal.next.is_none()) {
+                    renewal.token = Some(n);
+                }
+                self.note(at, Source::App, line);
+            }
+            Input::TokenMinted { .. } => {}
+            Input::CredentialCutShort { client_id, expires } => {
+                let line = format!(
+                    "the server cut {client_id}'s credential short: it expires in {}",
+                    words::seconds(&expires.saturating_duration_since(at))
+                );
+                if self.client_id.as_deref() == Some(&*client_id) {
+                    if let Some(token) = &mut self.token {
+                        token.expires = expires;
+                        token.cut_short = true;
+                    }
+                }
+                self.note(at, Source::Server, line);
+            }
+            Input::HijackStarted { client_id, subject } => {
+                let line = format!("hijack: a client with {subject}'s token asks the server for {client_id}");
+                let before = (self.session.clone(), self.disconnects);
+                self.hijack = Some(Hijack { at, client_id, subject, before, outcome: None, tasks_left: 0 });
+                self.note(at, Source::App, line);
+            }
+            Input::Hijack { outcome, tasks_left } => {
+                let after = (self.session.clone(), self.disconnects);
+                if let Some(hijack) = &mut self.hijack {
+                    hijack.outcome = Some((outcome, after));
+                    hijack.tasks_left = tasks_left;
+                    let line = format!(
+                        "{}; {}; the hijacker closed, {tasks_left} task(s) of it left",
+                        hijack_words(hijack),
+                        victim_words(hijack)
+                    );
+                    self.note(at, Source::App, line);
+                }
+            }
             Input::Note(text) => self.note(at, Source::App, text),
         }
         self.record_phase(at);
@@ -449,6 +575,10 @@ impl Model {
                 format!("connecting (attempt {attempt})")
             }
             Event::Connected { session, resumed, interval, max_missed } => {
+                if let Some(renewal) = self.renewal.as_mut().filter(|renewal| renewal.next.is_none()) {
+                    renewal.next = Some(LastConnect { at, session: session.to_string(), resumed });
+                    self.renewals += 1;
+                }
                 self.conn = Conn::Online;
                 self.misses = 0;
                 self.session = Some(session.to_string());
@@ -489,6 +619,10 @@ impl Model {
                 format!("missed pulse: {count} of {max} in a row")
             }
             Event::Disconnected { reason } => {
+                if matches!(reason, DisconnectReason::ServerError { code: ErrorCode::AuthExpired, .. }) {
+                    let session_before = self.session.clone();
+                    self.renewal = Some(Renewal { expired_at: at, session_before, token: None, next: None });
+                }
                 self.conn = Conn::Offline;
                 self.misses = 0;
                 self.session = None;
@@ -853,6 +987,79 @@ impl Model {
     pub fn delivery(&self) -> &Delivery {
         &self.delivery
     }
+
+    /// Who the server says the main client is: the subject in the embedded server's online
+    /// list (`anonymous` for a peer it did not authenticate), `anonymous` for a client that
+    /// sends no token (an external server's list is not visible here), and `None` while the
+    /// client is not in the online list.
+    pub fn subject(&self) -> Option<&str> {
+        match self.own_peer() {
+            Some(peer) => Some(peer.subject.as_ref().map_or("anonymous", |subject| subject.as_str())),
+            None if self.client_id.is_some() && self.client_subject.is_none() => Some("anonymous"),
+            None => None,
+        }
+    }
+
+    /// Whether the main client logs in with tokens from the app's provider.
+    pub fn logs_in(&self) -> bool {
+        self.client_subject.is_some()
+    }
+
+    /// The main client's current token.
+    pub fn token(&self) -> Option<&TokenInfo> {
+        self.token.as_ref()
+    }
+
+    /// How many tokens the main client's provider has minted.
+    pub fn tokens_minted(&self) -> u32 {
+        self.token.as_ref().map_or(0, |token| token.n)
+    }
+
+    /// The last renewal of the credential (under way or over).
+    pub fn renewal(&self) -> Option<&Renewal> {
+        self.renewal.as_ref()
+    }
+
+    /// How many renewals completed with a connect.
+    pub fn renewals(&self) -> u32 {
+        self.renewals
+    }
+
+    /// The last hijack fault.
+    pub fn hijack(&self) -> Option<&Hijack> {
+        self.hijack.as_ref()
+    }
+}
+
+/// What the server did with a hijack: `hijack refused: forbidden`.
+pub fn hijack_words(hijack: &Hijack) -> String {
+    match hijack.outcome.as_ref().map(|(outcome, _)| outcome) {
+        None => format!("hijack: {} asks for {}...", hijack.subject, hijack.client_id),
+        Some(HijackOutcome::Refused { code, .. }) => format!("hijack refused: {code}"),
+        Some(HijackOutcome::Admitted) => {
+            format!("hijack ADMITTED: {} took {} from its subject (a security bug)", hijack.subject, hijack.client_id)
+        }
+        Some(HijackOutcome::NoAnswer) => "hijack: no answer from the server".to_owned(),
+        Some(HijackOutcome::Ended(why)) => format!("hijack ended without an answer: {why}"),
+    }
+}
+
+/// What a hijack did to its victim: `desk-1 stayed online: session s1 unchanged, no disconnect`.
+pub fn victim_words(hijack: &Hijack) -> String {
+    let Some((_, (session, disconnects))) = &hijack.outcome else { return String::new() };
+    let id = &hijack.client_id;
+    if hijack.victim_untouched() {
+        let session = session.as_deref().unwrap_or("-");
+        return format!("{id} stayed online: session {session} unchanged, no disconnect");
+    }
+    let lost = disconnects.saturating_sub(hijack.before.1);
+    match (&hijack.before.0, session) {
+        (None, _) => format!("{id} was not online when it started"),
+        (_, None) => format!("{id} is offline ({lost} disconnect(s) since the hijack started)"),
+        (Some(before), Some(after)) => {
+            format!("{id} moved from session {before} to {after} ({lost} disconnect(s) since the hijack started)")
+        }
+    }
 }
 
 fn relay_note(blackhole: Blackhole) -> String {
@@ -905,6 +1112,7 @@ mod tests {
                 client_id: "desk".into(),
                 target: "127.0.0.1:9".into(),
                 via_relay: true,
+                subject: None,
             });
             script
         }
@@ -1037,6 +1245,7 @@ mod tests {
             client_id: "desk".into(),
             target: "127.0.0.1:9".into(),
             via_relay: false,
+            subject: None,
         });
         script.event(Event::Closed { reason: CloseReason::Application }); // generation 1
         assert_eq!(script.model.phase(), Phase::Offline, "the old client's close is not this one's");
@@ -1252,6 +1461,7 @@ mod tests {
             client_id: "desk".into(),
             target: "x:1".into(),
             via_relay: true,
+            subject: None,
         });
         assert_eq!(script.model.outbox(), None);
     }
@@ -1268,5 +1478,146 @@ mod tests {
         script.input(Input::Streaming(false));
         assert!(script.model.log().any(|line| line.text.starts_with("stream on: 20 numbered messages")));
         assert!(!script.model.streaming());
+    }
+
+    fn alice_started(script: &mut Script) {
+        script.input(Input::ClientStarted {
+            generation: 1,
+            client_id: "desk".into(),
+            target: "127.0.0.1:9".into(),
+            via_relay: true,
+            subject: Some("alice".into()),
+        });
+    }
+
+    fn minted(script: &mut Script, n: u32, lifetime_ms: u64) {
+        let expires = script.now + ms(lifetime_ms);
+        let (subject, lifetime) = ("alice".to_owned(), ms(lifetime_ms));
+        script.input(Input::TokenMinted { generation: 1, n, subject, lifetime, expires });
+    }
+
+    fn peer_as(subject: Option<&str>) -> PeerInfo {
+        PeerInfo { subject: subject.map(pulsewire::auth::Subject::new), ..peer("desk", None) }
+    }
+
+    #[test]
+    fn the_subject_is_the_one_in_the_servers_online_list_and_anonymous_without_a_token() {
+        let mut script = Script::new();
+        assert_eq!(script.model.subject(), Some("anonymous"), "a client that sends no token");
+        script.input(Input::Online(vec![peer_as(None)]));
+        assert_eq!(script.model.subject(), Some("anonymous"), "a peer the server did not authenticate");
+
+        alice_started(&mut script);
+        script.input(Input::Online(Vec::new()));
+        assert_eq!(script.model.subject(), None, "not in the online list: not known");
+        script.input(Input::Online(vec![peer_as(Some("alice"))]));
+        assert_eq!(script.model.subject(), Some("alice"));
+        assert!(script.model.logs_in());
+    }
+
+    #[test]
+    fn tokens_are_counted_per_client_and_count_down_to_their_expiry() {
+        let mut script = Script::new();
+        alice_started(&mut script);
+        assert_eq!(script.model.tokens_minted(), 0);
+        script.at(100);
+        minted(&mut script, 1, 30_000);
+        minted(&mut script, 2, 30_000);
+        assert_eq!(script.model.tokens_minted(), 2);
+        let token = script.model.token().cloned().expect("a token");
+        assert_eq!((token.n, token.subject.as_str(), token.expires), (2, "alice", script.t0 + ms(30_100)));
+        script.input(Input::TokenMinted {
+            generation: 7,
+            n: 9,
+            subject: "alice".into(),
+            lifetime: ms(1),
+            expires: script.now,
+        });
+        assert_eq!(script.model.tokens_minted(), 2, "another client's token is not this one's");
+
+        let expires = script.t0 + ms(3000);
+        script.at(2000).input(Input::CredentialCutShort { client_id: "desk".into(), expires });
+        let token = script.model.token().cloned().expect("a token");
+        assert_eq!((token.expires, token.cut_short), (script.t0 + ms(3000), true));
+        assert!(script
+            .model
+            .log()
+            .any(|line| line.text == "the server cut desk's credential short: it expires in 1.0 s"));
+
+        alice_started(&mut script);
+        assert_eq!(script.model.tokens_minted(), 0, "a new client, a new provider");
+    }
+
+    #[test]
+    fn auth_expired_then_a_new_token_then_a_resume_is_one_renewal() {
+        let mut script = Script::new();
+        alice_started(&mut script);
+        minted(&mut script, 1, 1000);
+        script.connected();
+        let expired = DisconnectReason::ServerError {
+            code: ErrorCode::AuthExpired,
+            text: "the credential has expired: reconnect with a new one".into(),
+        };
+        script.at(3000).event(Event::Disconnected { reason: expired });
+        let renewal = script.model.renewal().cloned().expect("under way");
+        assert_eq!((renewal.session_before.as_deref(), renewal.token, renewal.next), (Some("s1"), None, None));
+        minted(&mut script, 2, 1000);
+        assert_eq!(script.model.renewal().and_then(|renewal| renewal.token), Some(2));
+        assert_eq!(script.model.renewals(), 0, "not over before the connect");
+        script.at(3100).event(connected_as(true));
+        let renewal = script.model.renewal().cloned().expect("over");
+        assert!(renewal.resumed_the_same_session(), "{renewal:?}");
+        assert_eq!(script.model.renewals(), 1);
+        // Another loss is no renewal.
+        script.at(4000).event(Event::Disconnected { reason: DisconnectReason::Eof });
+        script.event(connected_as(false));
+        assert_eq!(script.model.renewals(), 1);
+        assert!(script.model.renewal().is_some_and(Renewal::resumed_the_same_session), "the last renewal stays");
+        assert_eq!(
+            script.model.last_disconnect().map(|last| last.words.as_str()),
+            Some("The server closed the connection without a word (it stopped or crashed).")
+        );
+    }
+
+    #[test]
+    fn a_renewal_into_a_fresh_session_is_told_apart() {
+        let mut script = Script::new();
+        alice_started(&mut script);
+        script.connected();
+        let expired = DisconnectReason::ServerError { code: ErrorCode::AuthExpired, text: "x".into() };
+        script.event(Event::Disconnected { reason: expired });
+        minted(&mut script, 1, 1000);
+        script.event(Event::Connected { session: session("s2"), resumed: false, interval: ms(1000), max_missed: 3 });
+        assert!(!script.model.renewal().is_some_and(Renewal::resumed_the_same_session));
+    }
+
+    #[test]
+    fn a_refused_hijack_leaves_the_victim_untouched_and_says_so() {
+        let mut script = Script::new();
+        script.connected();
+        script.input(Input::HijackStarted { client_id: "desk".into(), subject: "mallory".into() });
+        let hijack = script.model.hijack().cloned().expect("started");
+        assert_eq!(hijack_words(&hijack), "hijack: mallory asks for desk...");
+        let refused = HijackOutcome::Refused {
+            code: ErrorCode::Forbidden,
+            text: "this client id is held by another subject".into(),
+        };
+        script.input(Input::Hijack { outcome: refused.clone(), tasks_left: 0 });
+        let hijack = script.model.hijack().cloned().expect("over");
+        assert_eq!(hijack_words(&hijack), "hijack refused: forbidden");
+        assert!(hijack.victim_untouched());
+        assert_eq!(victim_words(&hijack), "desk stayed online: session s1 unchanged, no disconnect");
+
+        // A victim that lost its connection meanwhile is not untouched.
+        script.input(Input::HijackStarted { client_id: "desk".into(), subject: "mallory".into() });
+        script.event(Event::Disconnected { reason: DisconnectReason::Eof });
+        script.input(Input::Hijack { outcome: refused, tasks_left: 0 });
+        let hijack = script.model.hijack().cloned().expect("over");
+        assert!(!hijack.victim_untouched());
+        assert_eq!(victim_words(&hijack), "desk is offline (1 disconnect(s) since the hijack started)");
+        script.input(Input::HijackStarted { client_id: "desk".into(), subject: "mallory".into() });
+        script.input(Input::Hijack { outcome: HijackOutcome::Admitted, tasks_left: 0 });
+        let hijack = script.model.hijack().cloned().expect("over");
+        assert!(hijack_words(&hijack).starts_with("hijack ADMITTED"));
     }
 }

@@ -1,9 +1,13 @@
 //! What the user can set, and how it becomes SDK configurations.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use pulsewire::{ClientConfig, ConfigError, ServerConfig};
+use pulsewire::auth::Authenticator;
+use pulsewire::{ClientConfig, ClientConfigBuilder, ConfigError, ServerConfig};
+
+use crate::auth::AUTH_GRACE;
 
 /// Which server the main client talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +42,9 @@ pub struct Settings {
     pub multiplier: f64,
     /// Backoff: the randomised fraction of each delay, 0–1.
     pub jitter: f64,
+    /// The lifetime of the main client's tokens, s (the embedded server ends a connection
+    /// [`AUTH_GRACE`] past its token's expiry; the client then gets a new one and resumes).
+    pub token_lifetime_s: u64,
 }
 
 impl Default for Settings {
@@ -55,40 +62,57 @@ impl Default for Settings {
             max_delay_ms: 5000,
             multiplier: 2.0,
             jitter: 1.0,
+            token_lifetime_s: 30,
         }
     }
 }
 
 impl Settings {
-    /// The embedded server's configuration, listening on 127.0.0.1 at `port` (0: any free).
-    pub fn server_config(&self, port: u16) -> Result<ServerConfig, ConfigError> {
-        ServerConfig::builder()
+    /// The embedded server's configuration, listening on 127.0.0.1 at `port` (0: any free),
+    /// requiring a login from `authenticator` (with a grace of [`AUTH_GRACE`]) when given.
+    pub fn server_config(
+        &self,
+        port: u16,
+        authenticator: Option<Arc<dyn Authenticator>>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let mut builder = ServerConfig::builder()
             .listen(SocketAddr::from(([127, 0, 0, 1], port)))
             .interval(Duration::from_millis(self.interval_ms))
             .max_missed(self.max_missed)
-            .keep(Duration::from_secs(self.keep_s))
-            .build()
+            .keep(Duration::from_secs(self.keep_s));
+        if let Some(authenticator) = authenticator {
+            builder = builder.authenticator(authenticator).auth_grace(AUTH_GRACE);
+        }
+        builder.build()
     }
 
-    /// A client configuration for `server` with id `client_id` and this backoff.
-    pub fn client_config(&self, server: &str, client_id: &str) -> Result<ClientConfig, ConfigError> {
+    /// A client configuration for `server` with id `client_id` and this backoff, to which
+    /// the caller adds its token (or not).
+    pub fn client_builder(&self, server: &str, client_id: &str) -> ClientConfigBuilder {
         ClientConfig::builder(server, client_id)
             .initial_delay(Duration::from_millis(self.initial_delay_ms))
             .max_delay(Duration::from_millis(self.max_delay_ms))
             .multiplier(self.multiplier)
             .jitter(self.jitter)
-            .build()
+    }
+
+    /// The lifetime of the main client's tokens.
+    pub fn token_lifetime(&self) -> Duration {
+        Duration::from_secs(self.token_lifetime_s)
     }
 
     /// Checks everything the way the SDK will, so that Apply can refuse with a precise
     /// message instead of failing later in the background.
     pub fn validate(&self) -> Result<(), String> {
-        self.server_config(0).map_err(|error| format!("server: {error}"))?;
+        self.server_config(0, None).map_err(|error| format!("server: {error}"))?;
         let server = match &self.target {
             Target::Embedded => "127.0.0.1:1",
             Target::External(addr) => addr.as_str(),
         };
-        self.client_config(server, &self.client_id).map_err(|error| format!("client: {error}"))?;
+        self.client_builder(server, &self.client_id).build().map_err(|error| format!("client: {error}"))?;
+        if self.token_lifetime_s == 0 {
+            return Err("client: a token lifetime of 0 s expires before it is used".to_owned());
+        }
         Ok(())
     }
 
@@ -134,8 +158,19 @@ mod tests {
     #[test]
     fn the_keep_setting_reaches_the_server() {
         let settings = Settings { keep_s: 7, ..Settings::default() };
-        let config = settings.server_config(0).expect("valid");
+        let config = settings.server_config(0, None).expect("valid");
         assert_eq!(config.keep(), Duration::from_secs(7));
-        assert_eq!(Settings::default().server_config(0).expect("valid").keep(), Duration::from_secs(120));
+        assert_eq!(Settings::default().server_config(0, None).expect("valid").keep(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn the_embedded_server_requires_a_login_when_given_an_authenticator() {
+        let key = crate::auth::SigningKey::random().expect("random bytes");
+        let (feed, _inbox) = crate::feed::channel(Arc::new(|_| {}));
+        let authenticator = Arc::new(crate::auth::DemoJwt::new(&key, feed));
+        assert!(Settings::default().server_config(0, Some(authenticator)).expect("valid").requires_auth());
+        assert!(!Settings::default().server_config(0, None).expect("valid").requires_auth());
+        let forever = Settings { token_lifetime_s: 0, ..Settings::default() };
+        assert!(forever.validate().expect_err("refused").contains("token lifetime"));
     }
 }

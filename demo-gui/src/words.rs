@@ -18,6 +18,11 @@ pub fn disconnect(reason: &DisconnectReason) -> String {
         DisconnectReason::ServerError { code: ErrorCode::Timeout, .. } => {
             "The server stopped hearing from this client and evicted it.".to_owned()
         }
+        DisconnectReason::ServerError { code: ErrorCode::AuthExpired, .. } => {
+            "The server ended the connection: the client's credential expired (a client with a token provider \
+             gets a new token and resumes its session)."
+                .to_owned()
+        }
         DisconnectReason::ServerError { code, text } => format!("The server sent an error ({code}: {text})."),
         DisconnectReason::Eof => "The server closed the connection without a word (it stopped or crashed).".to_owned(),
         DisconnectReason::Reset => {
@@ -72,6 +77,11 @@ pub fn close(reason: &CloseReason) -> String {
         CloseReason::Rejected { code: ErrorCode::Replaced, .. } => {
             "Another client with the same id took this one's place; it will not fight back.".to_owned()
         }
+        CloseReason::Rejected { code: ErrorCode::Forbidden, .. } => {
+            "Refused by the server for good (forbidden): this id is held by another subject, or the token's \
+             subject may not use it."
+                .to_owned()
+        }
         CloseReason::Rejected { code, text } => format!("Refused by the server for good ({code}: {text})."),
         other => format!("Stopped for good: {other}."),
     }
@@ -117,6 +127,15 @@ mod tests {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let words = connect(&ConnectError::Io((&io).into()));
         assert_eq!(words, "nobody listens at the server address");
+    }
+
+    #[test]
+    fn an_expired_credential_is_told_in_words_on_both_sides() {
+        let reason = DisconnectReason::ServerError { code: ErrorCode::AuthExpired, text: "x".into() };
+        assert!(disconnect(&reason).contains("credential expired"), "{}", disconnect(&reason));
+        assert_eq!(offline(&OfflineReason::AuthExpired), "its credential expired");
+        let refused = close(&CloseReason::Rejected { code: ErrorCode::Forbidden, text: "x".into() });
+        assert!(refused.contains("held by another subject"), "{refused}");
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! The backend without a window: commands in, the model's view out, against real servers on
 //! loopback. These cover what the UI tests do not click: applying settings, pointing the
-//! client at an external server, and a kept session that runs out while the stream runs.
+//! client at an external server, a kept session that runs out while the stream runs, tokens
+//! that expire on their own, and the hijack fault seen from the model.
 
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use demo_gui::backend::{Backend, Command};
-use demo_gui::feed::{self, Inbox, ServerStatus};
+use demo_gui::feed::{self, HijackOutcome, Inbox, ServerStatus};
 use demo_gui::model::{Cadence, Model, Phase};
 use demo_gui::relay::Blackhole;
 use demo_gui::stream::Direction;
 use demo_gui::{Settings, Target};
+use pulsewire::protocol::ErrorCode;
 use pulsewire::{Server, ServerConfig};
 
 /// A running backend and the model it feeds.
@@ -100,6 +102,13 @@ fn the_client_can_be_pointed_at_an_external_server_through_the_relay() {
         model.phase() == Phase::Online && peers.iter().any(|peer| peer.id.as_str() == "desk-1")
     });
     assert!(watch.model.client().is_some_and(|(_, _, via_relay)| via_relay), "still through the relay");
+    // No token to a server that cannot know the app's key: anonymous, and no identity fault.
+    assert_eq!(watch.model.subject(), Some("anonymous"));
+    assert_eq!((watch.model.tokens_minted(), watch.model.token()), (0, None));
+    watch.backend.send(Command::Hijack);
+    watch.until("the hijack refused for want of the embedded server", |model| {
+        model.log_text().contains("no hijack: it needs the embedded server running")
+    });
 
     // The faults reach an external server's client too: freeze its pulses.
     watch.backend.send(Command::SetBlackhole(demo_gui::relay::Blackhole { to_server: false, to_client: true }));
@@ -145,4 +154,63 @@ fn a_kept_session_that_runs_out_hands_its_messages_back_and_the_client_starts_af
         assert_eq!((summary.lost, summary.duplicated), (0, 0), "{}: {summary:?}", direction.label());
         assert_eq!(summary.sent, summary.outcomes.total(), "{}: {summary:?}", direction.label());
     }
+}
+
+/// Waits until the stream is off and every message settled, and asserts nothing was lost or
+/// duplicated either way.
+fn settle_and_check_the_stream(watch: &mut Watch) {
+    watch.backend.send(Command::SetStream(false));
+    watch.until("every message settled", |model| {
+        let now = Instant::now();
+        let settled = Direction::BOTH.iter().all(|&direction| {
+            let summary = model.delivery().summary(direction, now);
+            summary.in_flight() == 0 && summary.missing == 0 && model.delivery().open(direction) == 0
+        });
+        !model.streaming() && settled && model.outbox().is_some_and(|outbox| outbox.queued + outbox.unacked == 0)
+    });
+    for direction in Direction::BOTH {
+        let summary = watch.model.delivery().summary(direction, Instant::now());
+        assert_eq!((summary.lost, summary.duplicated), (0, 0), "{}: {summary:?}", direction.label());
+        assert_eq!(summary.sent, summary.received, "{}: {summary:?}", direction.label());
+    }
+}
+
+#[test]
+fn tokens_that_expire_while_online_are_renewed_and_each_renewal_resumes_the_session() {
+    let mut watch = Watch::start(Settings { token_lifetime_s: 1, ..fast() });
+    watch.until("online as alice", |model| model.phase() == Phase::Online && model.subject() == Some("alice"));
+    let session = watch.model.session().map(str::to_owned).expect("online");
+    watch.backend.send(Command::SetStream(true));
+    // Each token lives a second; 2 s past it the server ends the connection with auth-expired.
+    watch.until("two renewals, the last one over", |model| {
+        model.renewals() >= 2 && model.renewal().is_some_and(|renewal| renewal.next.is_some())
+    });
+    let renewal = watch.model.renewal().cloned().expect("a renewal");
+    assert!(renewal.resumed_the_same_session(), "{renewal:?}\n{}", watch.model.log_text());
+    assert_eq!(renewal.session_before.as_deref(), Some(session.as_str()));
+    assert!(watch.model.tokens_minted() >= 3, "a token per renewal, and the first");
+    assert_eq!(watch.model.connects().fresh, 1, "never a fresh session: {:?}", watch.model.connects());
+    assert!(watch.model.log_text().contains("desk-1 detached: its credential expired"), "{}", watch.model.log_text());
+    settle_and_check_the_stream(&mut watch);
+}
+
+#[test]
+fn a_hijack_is_refused_as_forbidden_and_the_victim_keeps_its_session_and_its_subject() {
+    let mut watch = Watch::start(fast());
+    watch.until("online as alice", |model| model.phase() == Phase::Online && model.subject() == Some("alice"));
+    watch.backend.send(Command::Hijack);
+    watch.until("the hijack's outcome", |model| model.hijack().is_some_and(|hijack| hijack.outcome.is_some()));
+    let hijack = watch.model.hijack().cloned().expect("a hijack");
+    let (outcome, _) = hijack.outcome.clone().expect("an outcome");
+    assert!(matches!(outcome, HijackOutcome::Refused { code: ErrorCode::Forbidden, .. }), "{outcome:?}");
+    assert!(hijack.victim_untouched(), "{hijack:?}\n{}", watch.model.log_text());
+    assert_eq!(hijack.tasks_left, 0, "the hijacker is cleaned up");
+    // A moment later the server still lists alice in the same session.
+    let session = hijack.before.0.clone();
+    let later = Instant::now() + ms(600);
+    watch.until("a few pulses later", |_| Instant::now() >= later);
+    let peer = watch.model.own_peer().expect("still online");
+    assert_eq!(peer.subject.as_ref().map(|subject| subject.as_str()), Some("alice"));
+    assert_eq!(Some(peer.session.to_string()), session);
+    assert_eq!(watch.model.disconnects(), 0);
 }

@@ -27,7 +27,8 @@ fn turn() -> MutexGuard<'static, ()> {
 }
 
 /// Fast timing so that every fault plays out in a second or two: pulses every 200 ms, lost
-/// after 3 missed; backoff without jitter, 300 ms then 600 ms.
+/// after 3 missed; backoff without jitter, 300 ms then 600 ms. Tokens live 10 minutes, so that
+/// no test but the one that expires a token sees a renewal.
 fn fast_settings() -> Settings {
     Settings {
         interval_ms: 200,
@@ -35,6 +36,7 @@ fn fast_settings() -> Settings {
         initial_delay_ms: 300,
         max_delay_ms: 600,
         jitter: 0.0,
+        token_lifetime_s: 600,
         ..Settings::default()
     }
 }
@@ -396,4 +398,72 @@ fn a_silent_client_is_kept_detached_and_resumes_its_stream_after_restore() {
     wait_for_received(&mut harness, "more stream messages than before", (before.0 + 20, before.1 + 20));
     stop_stream_and_settle(&mut harness);
     assert_nothing_lost_or_duplicated(&harness);
+}
+
+/// The main client's session id, as the headline shows it (`Session: 3f2a… (fresh)`).
+fn headline_session(harness: &Harness<'static, DemoApp>) -> Option<String> {
+    let line = shown(harness, "Session: ")?;
+    let session = line.strip_prefix("Session: ")?.split(' ').next()?;
+    (session != "-").then(|| session.to_owned())
+}
+
+#[test]
+fn a_hijack_with_another_subjects_token_is_refused_and_the_victim_stays_online_in_its_session() {
+    let _turn = turn();
+    let mut harness = harness();
+    wait_for_label(&mut harness, "Online");
+    wait_for_label(&mut harness, "Subject: alice");
+    wait_for_label(&mut harness, "TLS: off (plaintext)");
+    let session = headline_session(&harness).expect("a session while online");
+    let disconnects = harness.state().model().disconnects();
+
+    click(&mut harness, "Hijack id");
+    wait_for_text(&mut harness, "hijack refused: forbidden");
+    wait_for_text(&mut harness, &format!("desk-1 stayed online: session {session} unchanged, no disconnect"));
+    // Several pulse intervals later the victim is still there, untouched.
+    let later = Instant::now() + Duration::from_secs(1);
+    wait_until(&mut harness, "a second after the refusal", |_| Instant::now() >= later);
+    assert!(harness.query_by_label("Online").is_some(), "{}", report(&harness));
+    assert_eq!(headline_session(&harness).as_deref(), Some(session.as_str()), "the same session");
+    assert!(harness.query_by_label("Subject: alice").is_some(), "the server still lists alice");
+    let model = harness.state().model();
+    assert_eq!(model.disconnects(), disconnects, "no disconnect: {}", model.log_text());
+    let peer = model.own_peer().expect("in the online list");
+    assert_eq!(peer.session.to_string(), session, "the server kept alice's session");
+    assert!(model.log_text().contains("the hijacker closed, 0 task(s) of it left"), "{}", model.log_text());
+}
+
+#[test]
+fn an_expired_token_is_renewed_and_the_session_resumes_with_nothing_lost_either_way() {
+    let _turn = turn();
+    let mut harness = harness();
+    wait_for_label(&mut harness, "Online");
+    wait_for_label(&mut harness, "Tokens minted: 1");
+    wait_for_text(&mut harness, "Token #1 expires in ");
+    let session = headline_session(&harness).expect("a session while online");
+    click(&mut harness, "Stream");
+    let before = wait_for_received(&mut harness, "stream messages arriving both ways", (10, 10));
+
+    click(&mut harness, "Expire token");
+    wait_for_text(&mut harness, "cut short by the server");
+    let renewed = format!("Last renewal: auth-expired, token #2, session {session} resumed");
+    wait_for_text(&mut harness, &renewed);
+    wait_for_label(&mut harness, "Tokens minted: 2");
+    let model = harness.state().model();
+    assert!(model.log_text().contains("auth-expired"), "the server said auth-expired: {}", model.log_text());
+    let last = model.last_disconnect().expect("the expiry ended a connection");
+    assert!(last.words.contains("credential expired"), "{}", last.words);
+    assert_eq!(headline_session(&harness).as_deref(), Some(session.as_str()), "the same session");
+    wait_for_received(&mut harness, "more stream messages than before the expiry", (before.0 + 20, before.1 + 20));
+    assert_nothing_lost_or_duplicated(&harness);
+
+    stop_stream_and_settle(&mut harness);
+    assert_nothing_lost_or_duplicated(&harness);
+    for direction in Direction::BOTH {
+        let line = stream_line(&harness, direction).expect("shown");
+        assert_eq!(count(&line, "sent"), count(&line, "received"), "every number arrived: {line}");
+    }
+    let connects = harness.state().model().connects();
+    assert_eq!(connects.fresh, 1, "only the first connect opened a session: {connects:?}");
+    assert!(harness.state().model().renewals() >= 1);
 }

@@ -4,12 +4,14 @@
 use eframe::egui::{self, RichText};
 
 use super::Form;
+use crate::auth::{AUTH_GRACE, CUT_SHORT_TO, HIJACKER, SUBJECT};
 use crate::backend::Command;
 use crate::feed::ServerStatus;
 use crate::model::Model;
 use crate::relay::Blackhole;
 use crate::settings::Target;
 use crate::stream;
+use crate::words;
 
 /// Draws every control group.
 pub fn show(ui: &mut egui::Ui, model: &Model, form: &mut Form, commands: &mut Vec<Command>) {
@@ -153,6 +155,31 @@ fn faults(ui: &mut egui::Ui, model: &Model, commands: &mut Vec<Command>) {
     if !via_relay {
         ui.label(RichText::new("The client does not go through the relay: link faults do not reach it.").weak());
     }
+    // Only the embedded server knows the app's signing key.
+    let logs_in = running && model.logs_in();
+    ui.horizontal(|ui| {
+        let hover = format!(
+            "A second client asks the server for this client's id with {HIJACKER}'s token (allowed every id): the \
+             id is held by {SUBJECT}, so the server must refuse it (forbidden) and leave this client online in its \
+             session."
+        );
+        if button(ui, logs_in, "Hijack id", &hover) {
+            commands.push(Command::Hijack);
+        }
+        let hover = format!(
+            "The server holds this client's credential to expire {} after its next HELLO, and the link is cut so \
+             that it says HELLO now. {} past the expiry the server ends the connection with auth-expired; the \
+             client's provider mints a new token and the session resumes, nothing lost.",
+            words::seconds(&CUT_SHORT_TO),
+            words::seconds(&AUTH_GRACE)
+        );
+        if button(ui, logs_in, "Expire token", &hover) {
+            commands.push(Command::ExpireToken);
+        }
+    });
+    if !logs_in {
+        ui.label(RichText::new("The client does not log in to the embedded server: no identity faults.").weak());
+    }
 }
 
 fn extras(ui: &mut egui::Ui, model: &Model, form: &mut Form, commands: &mut Vec<Command>) {
@@ -218,6 +245,17 @@ fn settings(ui: &mut egui::Ui, form: &mut Form, commands: &mut Vec<Command>) {
                  all). A client back within it resumes: nothing lost, nothing twice. After it, the session ends \
                  and its messages come back undelivered.",
             );
+        ui.end_row();
+
+        let label = ui.label("Token lifetime");
+        ui.add(egui::DragValue::new(&mut draft.token_lifetime_s).range(1..=3600).suffix(" s"))
+            .labelled_by(label.id)
+            .on_hover_text(format!(
+                "The lifetime of the tokens the client's provider mints for the embedded server. {} past a \
+                 token's expiry the server ends the connection with auth-expired; the client gets a new token \
+                 and resumes. Applies to the next token.",
+                words::seconds(&AUTH_GRACE)
+            ));
         ui.end_row();
 
         let label = ui.label("Backoff");

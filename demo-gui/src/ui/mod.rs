@@ -6,6 +6,7 @@
 mod charts;
 mod controls;
 mod delivery;
+mod identity;
 mod lists;
 mod status;
 
@@ -73,6 +74,8 @@ pub fn show(ui: &mut egui::Ui, model: &Model, form: &mut Form, now: Instant) -> 
     });
     egui::CentralPanel::default().show(ui, |ui| {
         status::liveness(ui, model, now);
+        ui.separator();
+        identity::show(ui, model, now);
         ui.separator();
         delivery::show(ui, model, now);
         ui.separator();
