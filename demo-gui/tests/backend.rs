@@ -140,15 +140,7 @@ fn a_kept_session_that_runs_out_hands_its_messages_back_and_the_client_starts_af
         model.phase() == Phase::Online && model.last_connect().is_some_and(|last| !last.resumed)
     });
     assert_eq!(watch.model.connects().fresh, 2);
-    watch.backend.send(Command::SetStream(false));
-    watch.until("every message settled", |model| {
-        let now = Instant::now();
-        let settled = Direction::BOTH.iter().all(|&direction| {
-            let summary = model.delivery().summary(direction, now);
-            summary.in_flight() == 0 && summary.missing == 0 && model.delivery().open(direction) == 0
-        });
-        !model.streaming() && settled && model.outbox().is_some_and(|outbox| outbox.queued + outbox.unacked == 0)
-    });
+    stop_the_stream_and_settle(&mut watch);
     for direction in Direction::BOTH {
         let summary = watch.model.delivery().summary(direction, Instant::now());
         assert_eq!((summary.lost, summary.duplicated), (0, 0), "{}: {summary:?}", direction.label());
@@ -156,9 +148,8 @@ fn a_kept_session_that_runs_out_hands_its_messages_back_and_the_client_starts_af
     }
 }
 
-/// Waits until the stream is off and every message settled, and asserts nothing was lost or
-/// duplicated either way.
-fn settle_and_check_the_stream(watch: &mut Watch) {
+/// Switches the stream off and waits until every message in it settled, both ways.
+fn stop_the_stream_and_settle(watch: &mut Watch) {
     watch.backend.send(Command::SetStream(false));
     watch.until("every message settled", |model| {
         let now = Instant::now();
@@ -168,6 +159,12 @@ fn settle_and_check_the_stream(watch: &mut Watch) {
         });
         !model.streaming() && settled && model.outbox().is_some_and(|outbox| outbox.queued + outbox.unacked == 0)
     });
+}
+
+/// Waits until the stream is off and every message settled, and asserts nothing was lost or
+/// duplicated either way.
+fn settle_and_check_the_stream(watch: &mut Watch) {
+    stop_the_stream_and_settle(watch);
     for direction in Direction::BOTH {
         let summary = watch.model.delivery().summary(direction, Instant::now());
         assert_eq!((summary.lost, summary.duplicated), (0, 0), "{}: {summary:?}", direction.label());
