@@ -10,11 +10,28 @@ use futures::StreamExt;
 use pulsewire::auth::{Jwt, JwtKey};
 use pulsewire::protocol::ErrorCode;
 use pulsewire::{
-    Client, ClientConfig, CloseReason, ConnectError, Event, OfflineReason, Server, ServerConfig, ServerEvent,
+    Client, ClientConfig, CloseReason, ConnectError, Event, Events, OfflineReason, Server, ServerConfig, ServerEvent,
 };
 
 const SECRET: &[u8] = b"a test secret of thirty-two bytes!";
 const PATIENCE: Duration = Duration::from_secs(15);
+
+/// How the client closed, if it did within the patience.
+async fn closed_within(events: &mut Events) -> Option<CloseReason> {
+    let closed = async {
+        while let Some(event) = events.next().await {
+            if let Event::Closed { reason } = event {
+                return Some(reason);
+            }
+        }
+        None
+    };
+    smol::future::or(closed, async {
+        smol::Timer::after(PATIENCE).await;
+        None
+    })
+    .await
+}
 
 /// The next event of either side.
 enum Side {
@@ -147,21 +164,7 @@ fn a_provider_token_refused_twice_in_a_row_stops_the_client() {
             .build()
             .expect("config");
         let (_client, mut events) = Client::start(config);
-        let closed = smol::future::or(
-            async {
-                while let Some(event) = events.next().await {
-                    if let Event::Closed { reason } = event {
-                        return Some(reason);
-                    }
-                }
-                None
-            },
-            async {
-                smol::Timer::after(PATIENCE).await;
-                None
-            },
-        )
-        .await;
+        let closed = closed_within(&mut events).await;
         assert!(
             matches!(closed, Some(CloseReason::Rejected { code: ErrorCode::AuthFailed, .. })),
             "stopped for good: {closed:?}"
@@ -241,21 +244,7 @@ fn a_provider_that_gives_back_the_expired_token_stops_the_client_instead_of_loop
             .build()
             .expect("config");
         let (_client, mut events) = Client::start(config);
-        let closed = smol::future::or(
-            async {
-                while let Some(event) = events.next().await {
-                    if let Event::Closed { reason } = event {
-                        return Some(reason);
-                    }
-                }
-                None
-            },
-            async {
-                smol::Timer::after(PATIENCE).await;
-                None
-            },
-        )
-        .await;
+        let closed = closed_within(&mut events).await;
         assert!(
             matches!(closed, Some(CloseReason::Rejected { code: ErrorCode::AuthExpired, .. })),
             "stopped for good: {closed:?}"

@@ -12,9 +12,9 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{pin_mut, select_biased, FutureExt};
 
 use super::{ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, Phase, Shared};
-use crate::core::{BackoffSchedule, ConnectionEnd};
+use crate::core::{BackoffSchedule, ConnectionEnd, TokenRenewal};
 use crate::error::IoError;
-use crate::protocol::{ErrorCode, Token};
+use crate::protocol::Token;
 use crate::rt::{self, TcpStream};
 
 /// Bytes read per system call.
@@ -45,13 +45,8 @@ pub(super) async fn run(
     let mut schedule = BackoffSchedule::new(config.reconnect.clone(), fastrand::u64(..), Instant::now());
     let mut last_error: Option<Failure> = None;
     let provider = config.token_provider.0.clone();
-    // The token provider is asked before the first connect, and again when the server says
-    // the token is no good: `auth-expired` (as often as it expires), `auth-failed` or
-    // `auth-required` (once: the same answer twice in a row is final).
-    let mut need_token = provider.is_some();
-    let mut refused_in_a_row = 0u32;
-    // The last token refused as expired: the provider giving it again is refused for good.
-    let mut expired: Option<Token> = None;
+    // When the provider is asked, and when a refusal of the token is final: the core's rule.
+    let mut renewal = TokenRenewal::new(provider.is_some());
     let reason = loop {
         if shared.machine().is_closed() {
             break CloseReason::Application;
@@ -71,12 +66,12 @@ pub(super) async fn run(
         }
         shared.set(Phase::Connecting { attempt });
         shared.emit(Event::Connecting { attempt });
-        if let (true, Some(provider)) = (need_token, &provider) {
+        if let (true, Some(provider)) = (renewal.needs_token(), &provider) {
             let Some(token) = until_closed(&close, provider.token()).await else { break CloseReason::Application };
             match token.and_then(|text| Token::new(text).ok_or_else(|| "not a valid token".to_owned())) {
                 Ok(token) => {
                     shared.with_machine(|machine| machine.set_token(Some(token)));
-                    need_token = false;
+                    renewal.got_token();
                 }
                 Err(why) => {
                     tracing::warn!(server = %config.server, attempt, %why, "the token provider failed");
@@ -97,23 +92,17 @@ pub(super) async fn run(
             Err(error) => ConnectionEnd::Refused(error),
         };
         // A refused token is asked for again when a provider can give another.
+        if let ConnectionEnd::Disconnected { .. } = &end {
+            renewal.was_online();
+        }
         let refused_token = match &end {
             ConnectionEnd::Refused(ConnectError::Rejected { code, .. })
             | ConnectionEnd::Disconnected { reason: DisconnectReason::ServerError { code, .. }, .. } => {
                 let used = shared.machine().token().cloned();
-                let again = *code == ErrorCode::AuthExpired && used.is_some() && used == expired;
-                if *code == ErrorCode::AuthExpired {
-                    expired = used;
-                }
-                provider.is_some() && !again && renews_token(code, &mut refused_in_a_row)
+                renewal.refused(code, used.as_ref())
             }
-            ConnectionEnd::Disconnected { .. } => {
-                refused_in_a_row = 0;
-                false
-            }
-            ConnectionEnd::Refused(_) => false,
+            _ => false,
         };
-        need_token |= refused_token;
         match end {
             ConnectionEnd::Refused(ConnectError::Rejected { code, text })
                 if !refused_token && super::event::is_fatal_code(&code) =>
@@ -153,19 +142,6 @@ pub(super) async fn run(
     // Counted out before `close()` hears that the driver is done.
     drop(task);
     drop(done);
-}
-
-/// Whether the server's `code` asks for a new token from the provider: always for
-/// `auth-expired`; for `auth-failed` and `auth-required` once, not twice in a row.
-fn renews_token(code: &ErrorCode, refused_in_a_row: &mut u32) -> bool {
-    match code {
-        ErrorCode::AuthExpired => true,
-        ErrorCode::AuthFailed | ErrorCode::AuthRequired => {
-            *refused_in_a_row += 1;
-            *refused_in_a_row < 2
-        }
-        _ => false,
-    }
 }
 
 /// Runs `task` unless the client is closed first (`None`).

@@ -14,6 +14,7 @@ mod online;
 mod pair;
 mod server_machine;
 mod sessions;
+mod token_renewal;
 
 pub use self::backoff::{BackoffSchedule, FirstAttempt, PolicyError, ReconnectPolicy};
 pub use cadence::Cadence;
@@ -31,3 +32,4 @@ pub use sessions::{
     DetachedLimits, KeptSession, SendRefused, ServerSession, SessionLimits, SessionTable, Undelivered,
     DEFAULT_DETACHED_BYTES, DEFAULT_KEEP, DEFAULT_SESSION_BYTES, DEFAULT_SESSION_MESSAGES,
 };
+pub(crate) use token_renewal::TokenRenewal;

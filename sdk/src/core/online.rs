@@ -76,13 +76,19 @@ struct Peer<L> {
 
 impl<L> Peer<L> {
     fn apply(&mut self, seen: Observation) {
-        if let Some(at) = seen.last_heard.filter(|&at| at > self.info.last_seen) {
-            self.info.last_seen = at;
-            self.seen_since_tick = true;
-        }
-        if let Some(rtt) = seen.rtt {
-            self.info.last_rtt = Some(rtt);
-        }
+        apply(&mut self.info, &mut self.seen_since_tick, seen);
+    }
+}
+
+/// What a connection observed, applied to its peer's record: a frame heard after the last one
+/// known counts as seen at the next tick; a round trip replaces the last one.
+fn apply(info: &mut PeerInfo, seen_since_tick: &mut bool, seen: Observation) {
+    if let Some(at) = seen.last_heard.filter(|&at| at > info.last_seen) {
+        info.last_seen = at;
+        *seen_since_tick = true;
+    }
+    if let Some(rtt) = seen.rtt {
+        info.last_rtt = Some(rtt);
     }
 }
 
@@ -270,13 +276,7 @@ impl<L> OnlineList<L> {
             let Peer { info, link, seen_since_tick, next_seq } = &mut **peer;
             let mut timed_out = None;
             let mut rule = |seen: Observation| {
-                if let Some(at) = seen.last_heard.filter(|&at| at > info.last_seen) {
-                    info.last_seen = at;
-                    *seen_since_tick = true;
-                }
-                if let Some(rtt) = seen.rtt {
-                    info.last_rtt = Some(rtt);
-                }
+                apply(info, seen_since_tick, seen);
                 info.misses = if *seen_since_tick { 0 } else { info.misses.saturating_add(1) };
                 *seen_since_tick = false;
                 if info.misses > max_missed {

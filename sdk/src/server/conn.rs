@@ -290,7 +290,7 @@ impl Conn {
             tracing::warn!(peer = %id, %addr, "connection refused: protocol 1 cannot authenticate");
             return Err((ErrorCode::Version, "this server requires authentication: speak protocol 2".into()));
         }
-        if hello.token.is_some() && !addr.ip().is_loopback() && !config.plaintext_tokens {
+        if hello.token.is_some() && !addr.ip().to_canonical().is_loopback() && !config.plaintext_tokens {
             tracing::warn!(peer = %id, %addr, "connection refused: a token over plaintext from a remote peer");
             return Err((
                 ErrorCode::TlsRequired,
