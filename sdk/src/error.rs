@@ -95,6 +95,10 @@ pub enum ConfigError {
     ZeroCount(&'static str),
     /// The payload limit is 0 or above [`MAX_PAYLOAD_LIMIT`].
     MaxPayload(usize),
+    /// The TLS server name (the host of the server address, or
+    /// [`ClientTls::server_name`](crate::tls::ClientTls::server_name)) is neither a DNS name
+    /// nor an IP address.
+    ServerName(String),
     /// A value outside its documented range.
     OutOfRange {
         /// The setting.
@@ -110,6 +114,9 @@ impl fmt::Display for ConfigError {
             ConfigError::ClientId(error) => error.fmt(f),
             ConfigError::Address(addr) => write!(f, "server address {addr:?} is not host:port with a non-zero port"),
             ConfigError::Reconnect(error) => error.fmt(f),
+            ConfigError::ServerName(name) => {
+                write!(f, "TLS server name {name:?} is neither a DNS name nor an IP address")
+            }
             ConfigError::ZeroDuration(name) => write!(f, "{name} must be above zero"),
             ConfigError::ZeroCount(name) => write!(f, "{name} must be at least 1"),
             ConfigError::MaxPayload(bytes) => {

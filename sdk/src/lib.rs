@@ -67,6 +67,7 @@
 pub mod auth;
 pub mod core;
 pub mod protocol;
+pub mod tls;
 
 mod client;
 mod error;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::core::{OutboxLimits, ReconnectPolicy, ResumeState};
 use crate::error::{validate_payload, ConfigError};
 use crate::protocol::{ClientId, Token, DEFAULT_MAX_PAYLOAD};
+use crate::tls::ClientTls;
 
 /// Everything the client needs to know, validated. Build one with [`ClientConfig::builder`].
 ///
@@ -27,6 +28,20 @@ pub struct ClientConfig {
     /// Sent in every `HELLO`; redacted in `Debug`.
     pub(crate) token: Option<Token>,
     pub(crate) token_provider: ProviderSlot,
+    pub(crate) tls: Option<TlsTarget>,
+}
+
+/// The TLS configuration, with the name checked against the server's certificate.
+#[derive(Clone)]
+pub(crate) struct TlsTarget {
+    pub(crate) config: Arc<rustls::ClientConfig>,
+    pub(crate) name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl ClientConfig {
@@ -59,6 +74,7 @@ impl ClientConfig {
             resume: None,
             token: None,
             token_provider: ProviderSlot::default(),
+            tls: None,
             initial_delay_set: false,
         }
     }
@@ -81,6 +97,11 @@ impl ClientConfig {
     /// The largest message accepted, both to send and to receive.
     pub fn max_payload(&self) -> usize {
         self.max_payload
+    }
+
+    /// Whether the client connects over TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
@@ -142,6 +163,7 @@ pub struct ClientConfigBuilder {
     /// The token given, validated (`Some(None)`: not a valid token; `build` says so).
     token: Option<Option<Token>>,
     token_provider: ProviderSlot,
+    tls: Option<ClientTls>,
     /// Whether the application chose the initial delay (else it follows a lower max delay).
     initial_delay_set: bool,
 }
@@ -263,6 +285,25 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// Connects over TLS (default: plaintext), trusting what `tls` trusts and checking the
+    /// server's certificate against the host of the server address (a DNS name or an IP
+    /// address) unless [`ClientTls::server_name`] names another. The TLS handshake counts in
+    /// the connect timeout; a failed one is [`ConnectError::Tls`](crate::ConnectError::Tls).
+    ///
+    /// ```
+    /// use pulsewire::{tls::ClientTls, ClientConfig};
+    /// let config = ClientConfig::builder("example.com:7879", "desk-42").tls(ClientTls::webpki_roots()).build().unwrap();
+    /// assert!(config.uses_tls());
+    /// let bad = ClientConfig::builder("127.0.0.1:7879", "desk-42")
+    ///     .tls(ClientTls::webpki_roots().server_name("not a name"))
+    ///     .build();
+    /// assert!(bad.unwrap_err().to_string().contains("TLS server name"));
+    /// ```
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Validates everything and returns the configuration.
     pub fn build(mut self) -> Result<ClientConfig, ConfigError> {
         if !self.initial_delay_set {
@@ -287,7 +328,15 @@ impl ClientConfigBuilder {
         if self.outbox.max_bytes < self.max_payload {
             return Err(ConfigError::OutOfRange { name: "outbox bytes", expected: "at least the max payload" });
         }
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => {
+                let name = tls.name_for(&self.server).map_err(ConfigError::ServerName)?;
+                Some(TlsTarget { config: tls.config.clone(), name })
+            }
+        };
         Ok(ClientConfig {
+            tls,
             server: self.server,
             client_id,
             reconnect: self.reconnect,

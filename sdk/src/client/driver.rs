@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use futures::channel::mpsc;
 use futures::future::{self, Either};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{pin_mut, select_biased, FutureExt};
 
 use super::{ClientConfig, CloseReason, ConnectError, DisconnectReason, Event, Failure, Phase, Shared};
@@ -16,6 +16,7 @@ use crate::core::{BackoffSchedule, ConnectionEnd, TokenRenewal};
 use crate::error::IoError;
 use crate::protocol::Token;
 use crate::rt::{self, TcpStream};
+use crate::tls::TlsError;
 
 /// Bytes read per system call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -80,15 +81,17 @@ pub(super) async fn run(
                 }
             }
         }
-        let connected =
-            match until_closed(&close, rt::timeout(config.connect_timeout, rt::connect(&config.server))).await {
-                None => break CloseReason::Application,
-                Some(Err(rt::Elapsed)) => Err(ConnectError::ConnectTimeout(config.connect_timeout)),
-                Some(Ok(Err(error))) => Err(ConnectError::Io(IoError::from(&error))),
-                Some(Ok(Ok(stream))) => Ok(stream),
-            };
+        let connected = match until_closed(&close, rt::timeout(config.connect_timeout, open(&config))).await {
+            None => break CloseReason::Application,
+            Some(Err(rt::Elapsed)) => Err(ConnectError::ConnectTimeout(config.connect_timeout)),
+            Some(Ok(opened)) => opened,
+        };
         let end = match connected {
-            Ok(stream) => connection(stream, &shared, &close).await,
+            Ok(Transport::Plain(stream)) => connection(&stream, &stream, &stream, &shared, &close).await,
+            Ok(Transport::Tls(stream, tls)) => {
+                let (reader, writer) = tls.split();
+                connection(&stream, reader, writer, &shared, &close).await
+            }
             Err(error) => ConnectionEnd::Refused(error),
         };
         // A refused token is asked for again when a provider can give another.
@@ -165,28 +168,62 @@ async fn while_watching<F: std::future::Future>(shared: &Shared, task: F) -> F::
     }
 }
 
+/// A connected socket, plain or with its TLS handshake done.
+enum Transport {
+    Plain(TcpStream),
+    /// The TLS stream, and the socket under it (to shut it down).
+    Tls(TcpStream, Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects to the server, and does the TLS handshake when the client is configured for TLS.
+async fn open(config: &ClientConfig) -> Result<Transport, ConnectError> {
+    let stream = rt::connect(&config.server).await.map_err(|error| ConnectError::Io(IoError::from(&error)))?;
+    let Some(tls) = &config.tls else { return Ok(Transport::Plain(stream)) };
+    let connector = futures_rustls::TlsConnector::from(tls.config.clone());
+    match connector.connect(tls.name.clone(), stream.clone()).await {
+        Ok(tls_stream) => Ok(Transport::Tls(stream, Box::new(tls_stream))),
+        Err(error) => {
+            rt::shutdown(&stream);
+            Err(match TlsError::from_io(&error, &tls.name) {
+                Some(tls_error) => ConnectError::Tls(tls_error),
+                None if error.kind() == std::io::ErrorKind::UnexpectedEof => ConnectError::Eof,
+                None => ConnectError::Io(IoError::from(&error)),
+            })
+        }
+    }
+}
+
 /// One connection, from `HELLO` to its end: the responder, the checker and the writer run side
 /// by side until the machine says it is over; then the writer gets a bounded chance to write
-/// the farewell.
-async fn connection(stream: TcpStream, shared: &Shared, close: &async_channel::Receiver<()>) -> ConnectionEnd {
+/// the farewell. `read` and `write` are the two sides of `stream` (itself for plaintext, the
+/// halves of its TLS stream otherwise).
+async fn connection(
+    stream: &TcpStream,
+    read: impl AsyncRead + Unpin,
+    mut write: impl AsyncWrite + Unpin,
+    shared: &Shared,
+    close: &async_channel::Receiver<()>,
+) -> ConnectionEnd {
     let rings = &shared.rings;
     rings.clear();
     shared.with_machine(|machine| machine.connect(Instant::now()));
-    let responder = responder(&stream, shared).fuse();
-    let checker = checker(shared).fuse();
-    let writer = writer(&stream, shared).fuse();
-    let ended = rings.ended.1.recv().fuse();
-    let closed = close.recv().fuse();
-    pin_mut!(responder, checker, writer, ended, closed);
-    loop {
-        select_biased! {
-            _ = ended => break,
-            // The application closes (or dropped every handle): the machine flushes, waits for
-            // the acknowledgements and says goodbye, or gives up at the close timeout.
-            _ = closed => shared.with_machine(|machine| machine.close(Instant::now())),
-            () = responder => {},
-            () = checker => {},
-            () = writer => {},
+    {
+        let responder = responder(read, shared).fuse();
+        let checker = checker(shared).fuse();
+        let writer = writer(&mut write, shared).fuse();
+        let ended = rings.ended.1.recv().fuse();
+        let closed = close.recv().fuse();
+        pin_mut!(responder, checker, writer, ended, closed);
+        loop {
+            select_biased! {
+                _ = ended => break,
+                // The application closes (or dropped every handle): the machine flushes, waits
+                // for the acknowledgements and says goodbye, or gives up at the close timeout.
+                _ = closed => shared.with_machine(|machine| machine.close(Instant::now())),
+                () = responder => {},
+                () = checker => {},
+                () = writer => {},
+            }
         }
     }
     let end =
@@ -194,19 +231,21 @@ async fn connection(stream: TcpStream, shared: &Shared, close: &async_channel::R
     // The farewell (`BYE`, `ERROR`) is in the transmit buffer: one bounded try to write it.
     let farewell = shared.with_machine(|machine| machine.poll_transmit());
     if let Some(bytes) = farewell {
-        let mut socket = &stream;
-        let _ = rt::timeout(crate::server::LINGER, socket.write_all(&bytes)).await;
+        let _ = rt::timeout(crate::server::LINGER, async {
+            write.write_all(&bytes).await?;
+            write.flush().await
+        })
+        .await;
     }
-    rt::shutdown(&stream);
+    rt::shutdown(stream);
     end
 }
 
 /// The responder: reads what the server sends and hands it to the machine, which answers each
 /// `PULSE` with `ALIVE` at once, resets the miss count on every frame and delivers messages in
 /// order. It ends when the socket does, after telling the machine.
-async fn responder(stream: &TcpStream, shared: &Shared) {
+async fn responder(mut socket: impl AsyncRead + Unpin, shared: &Shared) {
     let _task = shared.tasks.enter();
-    let mut socket = stream;
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let read = socket.read(&mut buf).await;
@@ -259,15 +298,19 @@ fn far_future() -> Instant {
 
 /// The writer: one task owns the socket's write side and writes what the machine asks for, in
 /// order, in as few writes as the socket allows.
-async fn writer(stream: &TcpStream, shared: &Shared) {
+async fn writer(socket: &mut (impl AsyncWrite + Unpin), shared: &Shared) {
     let _task = shared.tasks.enter();
     let rings = &shared.rings;
-    let mut socket = stream;
     loop {
         let bytes = shared.with_machine(|machine| machine.poll_transmit());
         match bytes {
             Some(bytes) => {
-                if let Err(error) = socket.write_all(&bytes).await {
+                // (A flush writes what TLS still holds; on a plain socket it costs nothing.)
+                let written = async {
+                    socket.write_all(&bytes).await?;
+                    socket.flush().await
+                };
+                if let Err(error) = written.await {
                     let reason = DisconnectReason::from_io(&error);
                     return shared.with_machine(|machine| machine.connection_lost(reason, Instant::now()));
                 }

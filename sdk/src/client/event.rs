@@ -278,6 +278,10 @@ pub enum ConnectError {
     Protocol(ProtocolViolation),
     /// The token provider failed, or gave something that is not a token; nothing was sent.
     TokenProvider(String),
+    /// The TLS handshake failed: the server's certificate was refused (with the reason), or
+    /// the server does not speak TLS on that port. The client backs off and tries again, as
+    /// for any failed attempt: an operator may fix the server meanwhile.
+    Tls(crate::tls::TlsError),
 }
 
 impl fmt::Display for ConnectError {
@@ -292,6 +296,7 @@ impl fmt::Display for ConnectError {
             }
             ConnectError::Protocol(violation) => write!(f, "bad handshake answer: {violation}"),
             ConnectError::TokenProvider(why) => write!(f, "no token: {why}"),
+            ConnectError::Tls(error) => error.fmt(f),
         }
     }
 }

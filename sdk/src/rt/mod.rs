@@ -120,6 +120,13 @@ impl Socket {
         stream.write(buf)
     }
 
+    /// [`Socket::try_write`] of several buffers, in one system call.
+    pub(crate) fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        use std::io::Write as _;
+        let mut stream: &std::net::TcpStream = self.0.get_ref();
+        stream.write_vectored(bufs)
+    }
+
     /// Ready once the socket may take more bytes (registering for it otherwise).
     pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.0.poll_writable(cx)

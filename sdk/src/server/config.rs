@@ -8,6 +8,7 @@ use crate::auth::Authenticator;
 use crate::core::{DetachedLimits, SessionLimits, DEFAULT_DETACHED_BYTES, DEFAULT_KEEP};
 use crate::error::{validate_payload, ConfigError};
 use crate::protocol::DEFAULT_MAX_PAYLOAD;
+use crate::tls::ServerTls;
 
 /// The server's settings, validated. Build one with [`ServerConfig::builder`].
 #[derive(Debug, Clone)]
@@ -32,6 +33,10 @@ pub struct ServerConfig {
     /// Tokens accepted over plaintext from non-loopback peers.
     pub(crate) plaintext_tokens: bool,
     pub(crate) auth_grace: Duration,
+    /// Whether the plaintext listener runs.
+    pub(crate) plaintext: bool,
+    /// The TLS listener, if any.
+    pub(crate) tls: Option<(SocketAddr, ServerTls)>,
 }
 
 /// The configured authenticator (its `Debug` says only whether there is one).
@@ -90,13 +95,25 @@ impl ServerConfig {
                 authenticator: AuthSlot::default(),
                 plaintext_tokens: false,
                 auth_grace: crate::core::DEFAULT_AUTH_GRACE,
+                plaintext: true,
+                tls: None,
             },
         }
     }
 
-    /// The address to listen on.
+    /// The address of the plaintext listener.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The address of the TLS listener, if there is one.
+    pub fn tls_listen(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Whether the plaintext listener runs (see [`ServerConfigBuilder::plaintext`]).
+    pub fn plaintext(&self) -> bool {
+        self.plaintext
     }
 
     /// The pulse interval.
@@ -320,9 +337,43 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Listens for TLS on `addr` too, with `tls`'s certificate (see [`crate::tls`]): the same
+    /// server, online list and sessions, reached over TLS. A first byte there that is not a
+    /// TLS handshake record gets `ERROR tls-required` in plaintext and a close; the TLS
+    /// handshake counts in the handshake timeout. A token that comes over TLS is accepted from
+    /// any address.
+    ///
+    /// ```
+    /// use pulsewire::{tls::ServerTls, ServerConfig};
+    /// # let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    /// # let (cert_pem, key_pem) = (made.cert.pem(), made.signing_key.serialize_pem());
+    /// let tls = ServerTls::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    /// let config = ServerConfig::builder()
+    ///     .tls("0.0.0.0:7879".parse().unwrap(), tls)
+    ///     .plaintext(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(config.tls_listen(), Some("0.0.0.0:7879".parse().unwrap()));
+    /// assert!(ServerConfig::builder().plaintext(false).build().is_err(), "no listener at all");
+    /// ```
+    pub fn tls(mut self, addr: SocketAddr, tls: ServerTls) -> Self {
+        self.config.tls = Some((addr, tls));
+        self
+    }
+
+    /// Whether the plaintext listener (see [`ServerConfigBuilder::listen`]) runs (default
+    /// true). Switch it off to serve TLS only.
+    pub fn plaintext(mut self, plaintext: bool) -> Self {
+        self.config.plaintext = plaintext;
+        self
+    }
+
     /// Validates everything and returns the configuration.
     pub fn build(self) -> Result<ServerConfig, ConfigError> {
         let config = self.config;
+        if !config.plaintext && config.tls.is_none() {
+            return Err(ConfigError::OutOfRange { name: "listeners", expected: "plaintext, TLS or both" });
+        }
         let ms = config.interval.as_millis();
         if ms == 0 || ms > 3_600_000 || config.interval.subsec_nanos() % 1_000_000 != 0 {
             return Err(ConfigError::OutOfRange {

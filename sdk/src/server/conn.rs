@@ -16,7 +16,7 @@ use super::TaskGuard;
 
 use super::admission::{Admitted, Gate, Slot};
 use super::hub::HubMsg;
-use super::peer::{Hello, Outgoing, Peer};
+use super::peer::{Hello, Outgoing, Peer, Tls, TlsInput};
 use super::{unless, OfflineReason, ServerConfig, ServerEvent, Tracker, LINGER};
 use crate::auth::{AuthError, AuthRequest, Principal};
 use crate::core::{ConnEnd, ServerMachine, ServerMachineConfig, DEFAULT_ACK_DELAY};
@@ -50,7 +50,8 @@ pub(super) struct Context {
     pub(super) gate: Gate,
 }
 
-pub(super) async fn accept_loop(listener: Listener, ctx: Arc<Context>) {
+/// Accepts connections on `listener`, TLS ones when `tls` is given.
+pub(super) async fn accept_loop(listener: Listener, tls: Option<Arc<rustls::ServerConfig>>, ctx: Arc<Context>) {
     loop {
         let Some(accepted) = unless(&ctx.stop, listener.accept()).await else {
             break;
@@ -60,10 +61,18 @@ pub(super) async fn accept_loop(listener: Listener, ctx: Arc<Context>) {
                 let guard = ctx.tracker.guard();
                 match ctx.gate.admit(addr.ip()) {
                     Admitted::Handshake(slot) => {
+                        let tls = match tls.as_ref().map(|config| Tls::new(config.clone())).transpose() {
+                            Ok(tls) => tls,
+                            Err(error) => {
+                                tracing::error!(%addr, %error, "connection closed: the TLS configuration is refused");
+                                stream.shutdown();
+                                continue;
+                            }
+                        };
                         let key = ctx.keys.fetch_add(1, Ordering::Relaxed) + 1;
                         // The task's future is the connection itself, with nothing around it:
                         // a server holds one per peer.
-                        rt::spawn(Conn::new(stream, addr, key, slot, guard, ctx.clone()).serve());
+                        rt::spawn(Conn::new(stream, tls, addr, key, slot, guard, ctx.clone()).serve());
                     }
                     Admitted::Refused(slot, refusal) => {
                         let halt = ctx.halt.clone();
@@ -167,7 +176,15 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(socket: Socket, addr: SocketAddr, key: u64, slot: Slot, guard: TaskGuard, ctx: Arc<Context>) -> Conn {
+    fn new(
+        socket: Socket,
+        tls: Option<Box<Tls>>,
+        addr: SocketAddr,
+        key: u64,
+        slot: Slot,
+        guard: TaskGuard,
+        ctx: Arc<Context>,
+    ) -> Conn {
         let config = &ctx.config;
         let machine_config = ServerMachineConfig {
             max_payload: config.max_payload,
@@ -176,7 +193,7 @@ impl Conn {
             auth_grace: config.auth_grace,
         };
         let machine = ServerMachine::new(Instant::now(), machine_config);
-        let peer = Arc::new(Peer::new(socket, key, machine, ctx.events.clone()));
+        let peer = Arc::new(Peer::new(socket, key, machine, ctx.events.clone(), tls));
         Conn { peer, ctx, addr, timer: None, write_timer: None, slot, _guard: guard, joined: false }
     }
 
@@ -290,14 +307,15 @@ impl Conn {
             tracing::warn!(peer = %id, %addr, "connection refused: protocol 1 cannot authenticate");
             return Err((ErrorCode::Version, "this server requires authentication: speak protocol 2".into()));
         }
-        if hello.token.is_some() && !addr.ip().to_canonical().is_loopback() && !config.plaintext_tokens {
+        let tls = self.peer.is_tls();
+        if hello.token.is_some() && !tls && !addr.ip().to_canonical().is_loopback() && !config.plaintext_tokens {
             tracing::warn!(peer = %id, %addr, "connection refused: a token over plaintext from a remote peer");
             return Err((
                 ErrorCode::TlsRequired,
                 "a token over plaintext from a remote peer is refused: use TLS".into(),
             ));
         }
-        let request = AuthRequest::new(id.clone(), hello.token.clone(), addr, false);
+        let request = AuthRequest::new(id.clone(), hello.token.clone(), addr, tls);
         let left = self
             .peer
             .handshake_deadline()
@@ -373,6 +391,20 @@ impl Conn {
             } else {
                 let mut chunk = [0u8; READ_CHUNK];
                 match peer.socket().poll_read(cx, &mut chunk) {
+                    Poll::Ready(Ok(n)) if n > 0 && status.tls => {
+                        match peer.tls_input(&chunk[..n], Instant::now()) {
+                            Ok(TlsInput::Read) => {}
+                            Ok(TlsInput::NotTls) => {
+                                tracing::warn!(addr = %self.addr, "connection refused: plaintext on the TLS port");
+                            }
+                            Ok(TlsInput::Closed) => return self.lost(OfflineReason::Eof),
+                            Err(failure) => {
+                                tracing::warn!(addr = %self.addr, error = %failure.0, "TLS failed");
+                                return self.lost(OfflineReason::Tls(failure.0));
+                            }
+                        }
+                        Poll::Ready(Ok((n, READ_CHUNK)))
+                    }
                     Poll::Ready(Ok(n)) if n > 0 => {
                         let now = Instant::now();
                         peer.step(|machine| machine.handle_input(&chunk[..n], now));

@@ -49,6 +49,7 @@ pub struct Server {
 
 struct Inner {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     config: Arc<ServerConfig>,
     hub: async_channel::Sender<HubMsg>,
     /// Closed to stop: no more accepts or handshakes, every peer gets `BYE shutdown`.
@@ -75,8 +76,17 @@ impl Server {
     /// Binds the listening socket and starts the server's tasks on the built-in (async-std)
     /// executor. Returns the handle and the stream of server events.
     pub async fn bind(config: ServerConfig) -> std::io::Result<(Server, ServerEvents)> {
-        let listener = rt::bind(config.listen)?;
-        let local_addr = listener.local_addr()?;
+        let plaintext = if config.plaintext { Some(rt::bind(config.listen)?) } else { None };
+        let tls = match &config.tls {
+            Some((addr, tls)) => Some((rt::bind(*addr)?, tls.config.clone())),
+            None => None,
+        };
+        let tls_addr = tls.as_ref().map(|(listener, _)| listener.local_addr()).transpose()?;
+        let local_addr = match &plaintext {
+            Some(listener) => listener.local_addr()?,
+            // The configuration has at least one listener.
+            None => tls_addr.expect("a TLS listener when there is no plaintext one"),
+        };
         let config = Arc::new(config);
         // Unbounded, and bounded all the same: each connection sends the hub one `Join` and
         // one `Leave`, and the application's requests wait for their answers.
@@ -104,19 +114,39 @@ impl Server {
             hub::run(hub_config, hub_rx, event_tx, stop_rx, hub_halt).await;
             drop(hub_guard);
         });
-        let accept_guard = tracker.guard();
-        rt::spawn(async move {
-            conn::accept_loop(listener, ctx).await;
-            drop(accept_guard);
-        });
-        tracing::info!(%local_addr, interval = ?config.interval, max_missed = config.max_missed, "listening");
-        let inner = Inner { local_addr, config, hub: hub_tx, stop: stop_tx, halt: halt_tx, tracker, gate };
+        let listeners = plaintext.map(|listener| (listener, None)).into_iter();
+        for (listener, tls) in listeners.chain(tls.map(|(listener, tls)| (listener, Some(tls)))) {
+            let accept_guard = tracker.guard();
+            let ctx = ctx.clone();
+            rt::spawn(async move {
+                conn::accept_loop(listener, tls, ctx).await;
+                drop(accept_guard);
+            });
+        }
+        match tls_addr {
+            Some(tls_addr) if config.plaintext => {
+                tracing::info!(%local_addr, %tls_addr, interval = ?config.interval, max_missed = config.max_missed, "listening")
+            }
+            Some(tls_addr) => {
+                tracing::info!(%tls_addr, interval = ?config.interval, max_missed = config.max_missed, "listening, TLS only")
+            }
+            None => {
+                tracing::info!(%local_addr, interval = ?config.interval, max_missed = config.max_missed, "listening")
+            }
+        }
+        let inner = Inner { local_addr, tls_addr, config, hub: hub_tx, stop: stop_tx, halt: halt_tx, tracker, gate };
         Ok((Server { inner: Arc::new(inner) }, ServerEvents { rx: Box::pin(event_rx) }))
     }
 
-    /// The address the server listens on (with the real port when it was bound to port 0).
+    /// The address the server listens on (with the real port when it was bound to port 0):
+    /// the plaintext listener's, or the TLS listener's when there is no plaintext one.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The address of the TLS listener, if there is one (with its real port).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.inner.tls_addr
     }
 
     /// The server's configuration.
@@ -351,6 +381,8 @@ pub enum OfflineReason {
     /// Its credential expired while it was connected (past the grace), and it was sent
     /// `ERROR auth-expired`; its session is kept, for the resume with a new credential.
     AuthExpired,
+    /// Its TLS session failed: a record that does not decrypt, an alert (rustls' text).
+    Tls(String),
 }
 
 impl OfflineReason {
@@ -377,6 +409,7 @@ impl OfflineReason {
             OfflineReason::PeerError { .. } => "peer-error",
             OfflineReason::Shutdown => "shutdown",
             OfflineReason::AuthExpired => "auth-expired",
+            OfflineReason::Tls(_) => "tls",
         }
     }
 
@@ -406,6 +439,7 @@ impl fmt::Display for OfflineReason {
             OfflineReason::PeerError { code, text } => write!(f, "peer sent error {code}: {text}"),
             OfflineReason::Shutdown => f.write_str("server shutdown"),
             OfflineReason::AuthExpired => f.write_str("its credential expired"),
+            OfflineReason::Tls(why) => write!(f, "TLS failed: {why}"),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! so frames never interleave. The application's events (messages, acknowledgements) are handed
 //! on under the same lock, so that they keep the machine's order whoever runs the step.
 
-use std::io;
+use std::io::{self, BufRead as _, Write as _};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -17,7 +17,7 @@ use futures::task::AtomicWaker;
 
 use super::ServerEvent;
 use crate::core::{ConnEnd, ConnKey, PeerLink, ServerMachine, ServerMachineEvent};
-use crate::protocol::{ClientId, Resume, Token};
+use crate::protocol::{ClientId, ErrorCode, Resume, Token};
 use crate::rt::Socket;
 
 pub(super) struct Peer {
@@ -40,6 +40,42 @@ struct State {
     end: Option<Box<ConnEnd>>,
     /// Close at once, without writing anything more (the server was aborted).
     cut: bool,
+    /// The TLS session of a connection on the TLS listener (`None`: plaintext). rustls'
+    /// synchronous connection runs here, under the lock, so that a pulse is still one
+    /// non-blocking write by whoever runs the step.
+    tls: Option<Box<Tls>>,
+}
+
+/// A connection's TLS session.
+pub(super) struct Tls {
+    conn: rustls::ServerConnection,
+    /// Whether its first byte came (and was a TLS handshake record).
+    started: bool,
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// The most encrypted bytes rustls holds for a peer that does not read (its default is
+/// 64 KiB): beyond them the machine keeps the frames, and its limits apply.
+const TLS_SEND_LIMIT: usize = 16 * 1024;
+
+impl Tls {
+    pub(super) fn new(config: std::sync::Arc<rustls::ServerConfig>) -> Result<Box<Tls>, rustls::Error> {
+        let mut conn = rustls::ServerConnection::new(config)?;
+        conn.set_buffer_limit(Some(TLS_SEND_LIMIT));
+        Ok(Box::new(Tls { conn, started: false }))
+    }
+}
+
+/// What came of bytes read from a TLS connection's socket.
+pub(super) enum TlsInput {
+    /// Handed on; keep reading.
+    Read,
+    /// The peer closed its TLS session (`close_notify`).
+    Closed,
+    /// They were not TLS: the peer was answered `ERROR tls-required`, and the connection is
+    /// closing.
+    NotTls,
 }
 
 /// A `HELLO`, as the connection task hands it to the hub.
@@ -61,8 +97,10 @@ pub(super) struct Status {
     pub(super) pending: usize,
     /// Whether the machine takes input now (not while its `HELLO` waits for the hub's answer).
     pub(super) wants_input: bool,
-    /// Bytes of a frame received in part (0 between frames).
+    /// Bytes of a frame received in part (0 between frames, and always 0 over TLS).
     pub(super) buffered: usize,
+    /// Whether input goes through TLS ([`Peer::tls_input`]).
+    pub(super) tls: bool,
 }
 
 /// What the connection task must do after waiting on its outbox.
@@ -81,8 +119,9 @@ impl Peer {
         key: ConnKey,
         machine: ServerMachine,
         events: async_channel::Sender<ServerEvent>,
+        tls: Option<Box<Tls>>,
     ) -> Peer {
-        let state = State { machine, id: None, hello: None, end: None, cut: false };
+        let state = State { machine, id: None, hello: None, end: None, cut: false, tls };
         Peer { socket, key, state: Mutex::new(state), task: AtomicWaker::new(), events }
     }
 
@@ -103,9 +142,14 @@ impl Peer {
     /// hands its events on: the application's at once, a `HELLO` or the connection's end to
     /// the connection task, which is woken for them and for whatever the socket did not take.
     pub(super) fn step<R>(&self, step: impl FnOnce(&mut ServerMachine) -> R) -> R {
+        self.run(|state| step(&mut state.machine))
+    }
+
+    /// [`Peer::step`], with the TLS session at hand too.
+    fn run<R>(&self, step: impl FnOnce(&mut State) -> R) -> R {
         let mut state = self.state();
         let waited = !state.machine.wants_input();
-        let result = step(&mut state.machine);
+        let result = step(&mut state);
         let State { machine, id, hello, end, .. } = &mut *state;
         // The connection task stops reading while a `HELLO` waits for the hub: the `WELCOME`
         // (or anything else that lets the machine take input again) must wake it.
@@ -134,14 +178,9 @@ impl Peer {
                 }
             }
         }
-        let transmit = machine.transmit();
-        if !transmit.is_empty() {
-            // A failed write is left for the connection task, which meets the error again.
-            if let Ok(n) = self.socket.try_write(transmit) {
-                machine.written(n);
-            }
-            wake |= !machine.transmit().is_empty();
-        }
+        // A failed write is left for the connection task, which meets the error again.
+        let _ = self.transmit(&mut state);
+        wake |= pending(&mut state) > 0;
         drop(state);
         if wake {
             self.task.wake();
@@ -155,10 +194,102 @@ impl Peer {
         Status {
             hello: state.hello.take().map(|hello| *hello),
             deadline: state.machine.poll_timeout(),
-            pending: state.machine.transmit().len(),
+            pending: pending(&mut state),
             wants_input: state.machine.wants_input(),
-            buffered: state.machine.buffered(),
+            // Over TLS every byte goes through rustls: never straight into the machine.
+            buffered: if state.tls.is_some() { 0 } else { state.machine.buffered() },
+            tls: state.tls.is_some(),
         }
+    }
+
+    /// Whether the connection is on the TLS listener (and is still TLS: not refused as
+    /// plaintext).
+    pub(super) fn is_tls(&self) -> bool {
+        self.state().tls.is_some()
+    }
+
+    /// Writes what the machine produced to the socket, through TLS on a TLS connection, as
+    /// far as the socket takes it now. `WouldBlock` when it took less than all.
+    fn transmit(&self, state: &mut State) -> io::Result<()> {
+        let State { machine, tls, .. } = state;
+        let Some(tls) = tls else {
+            while !machine.transmit().is_empty() {
+                match self.socket.try_write(machine.transmit())? {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    n => machine.written(n),
+                }
+            }
+            return Ok(());
+        };
+        loop {
+            if !machine.transmit().is_empty() {
+                // Into rustls, which encrypts it (or holds it until the handshake is done);
+                // it takes less at its limit.
+                let taken = tls.conn.writer().write(machine.transmit())?;
+                machine.written(taken);
+            }
+            if !tls.conn.wants_write() {
+                // All written, or all rustls will take before its handshake is done (a
+                // refusal, a timeout's `ERROR`: frames before the `WELCOME` are small).
+                return Ok(());
+            }
+            if tls.conn.write_tls(&mut SocketWriter(&self.socket))? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+    }
+
+    /// Hands bytes read from a TLS connection's socket to rustls, and what they decrypt to to
+    /// the machine; writes what rustls answers (its handshake) and what the machine answers.
+    /// A rustls error is returned after its alert is written (as far as the socket takes it).
+    pub(super) fn tls_input(&self, mut bytes: &[u8], now: std::time::Instant) -> Result<TlsInput, TlsFailure> {
+        self.run(|state| {
+            let State { machine, tls: slot, .. } = state;
+            let Some(tls) = slot.as_mut() else {
+                // Refused as plaintext already: the machine ignores it, closed.
+                machine.handle_input(bytes, now);
+                return Ok(TlsInput::Read);
+            };
+            if !tls.started && !bytes.is_empty() {
+                tls.started = true;
+                if bytes[0] != TLS_HANDSHAKE {
+                    // A person with `nc`, or a plaintext client on the TLS port: tell them in
+                    // plaintext.
+                    *slot = None;
+                    machine.refuse(
+                        ErrorCode::TlsRequired,
+                        "this port speaks TLS: connect with TLS, or to the plaintext port",
+                    );
+                    return Ok(TlsInput::NotTls);
+                }
+            }
+            let mut closed = false;
+            while !bytes.is_empty() {
+                tls.conn.read_tls(&mut bytes).map_err(|error| TlsFailure(error.to_string()))?;
+                if let Err(error) = tls.conn.process_new_packets() {
+                    // rustls queued an alert that says why: one try to write it.
+                    let _ = tls.conn.write_tls(&mut SocketWriter(&self.socket));
+                    return Err(TlsFailure(error.to_string()));
+                }
+                loop {
+                    let mut reader = tls.conn.reader();
+                    match reader.fill_buf() {
+                        Ok([]) => {
+                            closed = true;
+                            break;
+                        }
+                        Ok(plain) => {
+                            let n = plain.len();
+                            machine.handle_input(plain, now);
+                            reader.consume(n);
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(error) => return Err(TlsFailure(error.to_string())),
+                    }
+                }
+            }
+            Ok(if closed { TlsInput::Closed } else { TlsInput::Read })
+        })
     }
 
     /// When the handshake must be over, until the peer is welcomed.
@@ -213,10 +344,9 @@ impl Peer {
         if state.cut {
             return Poll::Ready(Ok(Outgoing::Cut));
         }
-        while !state.machine.transmit().is_empty() {
-            match self.socket.try_write(state.machine.transmit()) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => state.machine.written(n),
+        while pending(&mut state) > 0 {
+            match self.transmit(&mut state) {
+                Ok(()) => break,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     if self.socket.poll_writable(cx)?.is_pending() {
                         return Poll::Pending;
@@ -230,6 +360,33 @@ impl Peer {
             Some(end) => Outgoing::Ended(*end),
             None => Outgoing::Idle,
         }))
+    }
+}
+
+/// Bytes waiting for the socket: the machine's, and whether rustls holds encrypted ones.
+fn pending(state: &mut State) -> usize {
+    let tls = state.tls.as_ref().map_or(0, |tls| usize::from(tls.conn.wants_write()));
+    state.machine.transmit().len() + tls
+}
+
+/// A TLS session failed (a bad record, a refused handshake): its text, for the log.
+#[derive(Debug)]
+pub(super) struct TlsFailure(pub(super) String);
+
+/// The socket as rustls writes to it: each write is one non-blocking write.
+struct SocketWriter<'a>(&'a Socket);
+
+impl io::Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -262,7 +419,7 @@ mod tests {
             let (socket, _) = listener.accept().await.unwrap();
             let (events_tx, events) = async_channel::unbounded();
             let now = Instant::now();
-            let peer = Peer::new(socket, 1, ServerMachine::new(now, ServerMachineConfig::default()), events_tx);
+            let peer = Peer::new(socket, 1, ServerMachine::new(now, ServerMachineConfig::default()), events_tx, None);
             peer.step(|machine| machine.handle_input(b"HELLO 1 desk\n", now));
             let hello = peer.take_hello().expect("the HELLO is handed on");
             let session =
@@ -355,9 +512,10 @@ mod tests {
     #[cfg(target_pointer_width = "64")]
     fn a_connection_stays_within_its_memory_budget() {
         use std::mem::size_of;
-        // (Authentication added 32 of them: the session's subject, the credential's expiry.)
+        // (Authentication added 32 of them: the session's subject, the credential's expiry;
+        // TLS 8 to `Peer`, the pointer to a TLS connection's rustls session.)
         assert!(size_of::<ServerMachine>() <= 464, "ServerMachine: {} bytes", size_of::<ServerMachine>());
-        assert!(size_of::<Peer>() <= 568, "Peer: {} bytes", size_of::<Peer>());
+        assert!(size_of::<Peer>() <= 576, "Peer: {} bytes", size_of::<Peer>());
     }
 
     #[test]
