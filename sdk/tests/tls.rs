@@ -108,6 +108,8 @@ fn a_client_speaks_both_ways_over_tls_and_resumes_its_session_over_tls() {
         let (client, mut events) = Client::start(config);
         within(async { while !matches!(events.next().await, Some(Event::Connected { resumed: false, .. })) {} }).await;
         within(async { while !matches!(events.next().await, Some(Event::Pulse { .. })) {} }).await;
+        let online = server.online().await;
+        assert!(online.len() == 1 && online[0].tls, "the online list says TLS: {online:?}");
         client.send("up over tls").await.unwrap();
         let payload = within(async {
             loop {

@@ -72,6 +72,8 @@ pub struct Join {
     /// How long until its credential expires, if it does (told in `WELCOME`; past it and the
     /// grace, the connection ends with `ERROR auth-expired`).
     pub expires_in: Option<Duration>,
+    /// Whether it connected over TLS.
+    pub tls: bool,
 }
 
 /// The answer to a `HELLO`, to send once the application has heard of the peer.
@@ -168,7 +170,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
     /// [`Welcome::send`] it, so that whatever the peer sent comes after its `PeerOnline`.
     #[must_use = "the peer waits for its WELCOME"]
     pub fn join(&mut self, join: Join, link: L, random: [u8; 16], now: Instant) -> Option<Welcome<L>> {
-        let Join { key, version, client_id, resume, addr, subject, expires_in } = join;
+        let Join { key, version, client_id, resume, addr, subject, expires_in, tls } = join;
         // Only the subject that holds an id (online, or in a kept session) may take it over or
         // resume it; another gets `ERROR forbidden` and disturbs nothing. Without an
         // authenticator every peer is anonymous, and version 1's takeover rule holds.
@@ -254,7 +256,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
             }
         };
         let joined = self.list.join(key, client_id, addr, link.clone(), session.id().clone(), now);
-        self.list.set_subject(key, subject);
+        self.list.set_identity(key, subject, tls);
         if let Some(old) = joined.replaced {
             let session = old.link.with_machine(|machine| {
                 machine.close_with(Frame::error(ErrorCode::Replaced, "a new connection took this client id"));
@@ -264,7 +266,7 @@ impl<L: PeerLink + Clone> HubCore<L> {
         }
         if let Some(info) = self.list.peer(key) {
             let subject = info.subject.as_ref().map_or("-", |subject| subject.as_str());
-            tracing::info!(peer = %info.id, addr = %info.addr, session = %info.session, subject, resumed, "peer online");
+            tracing::info!(peer = %info.id, addr = %info.addr, session = %info.session, subject, tls = info.tls, resumed, "peer online");
             let peer = info.clone();
             self.emit(ServerEvent::PeerOnline { peer, resumed });
         }

@@ -30,6 +30,8 @@ pub struct PeerInfo {
     pub misses: u32,
     /// Who it authenticated as (`None`: anonymous, on a server without an authenticator).
     pub subject: Option<Subject>,
+    /// Whether it connected over TLS.
+    pub tls: bool,
 }
 
 /// What the owner of the list learned about a peer outside it: the server's connection tasks
@@ -170,6 +172,7 @@ impl<L> OnlineList<L> {
             last_rtt: None,
             misses: 0,
             subject: None,
+            tls: false,
         };
         self.by_id.insert(id, key);
         self.peers.insert(key, Box::new(Peer { info, link, seen_since_tick: true, next_seq: 1 }));
@@ -297,10 +300,11 @@ impl<L> OnlineList<L> {
         evicted.into_iter().filter_map(|(key, why)| self.leave(key).map(|gone| (gone, why))).collect()
     }
 
-    /// Records who the peer under `key` authenticated as.
-    pub fn set_subject(&mut self, key: ConnKey, subject: Option<Subject>) {
+    /// Records who the peer under `key` authenticated as, and whether it came over TLS.
+    pub fn set_identity(&mut self, key: ConnKey, subject: Option<Subject>, tls: bool) {
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.info.subject = subject;
+            peer.info.tls = tls;
         }
     }
 

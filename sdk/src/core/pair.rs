@@ -281,8 +281,16 @@ impl Pair {
             ServerMachineEvent::Hello { version, client_id, resume, .. } => {
                 self.next_random = self.next_random.wrapping_add(1);
                 let addr = "127.0.0.1:5000".parse().unwrap();
-                let join =
-                    Join { key, version, client_id, resume, addr, subject: self.subject.clone(), expires_in: None };
+                let join = Join {
+                    key,
+                    version,
+                    client_id,
+                    resume,
+                    addr,
+                    subject: self.subject.clone(),
+                    expires_in: None,
+                    tls: false,
+                };
                 if let Some(conn) = self.conn.as_mut().filter(|conn| conn.key == key) {
                     conn.joined = true;
                 }
@@ -616,6 +624,7 @@ fn join_twin(pair: &mut Pair, subject: Option<&str>) -> (TestLink, Option<Welcom
         addr: "127.0.0.1:6000".parse().unwrap(),
         subject: subject.map(Subject::new),
         expires_in: None,
+        tls: false,
     };
     let welcome = pair.hub.join(join, twin.clone(), [9; 16], pair.now);
     (twin, welcome)

@@ -143,7 +143,8 @@ fn handle(core: &mut HubCore<Link>, msg: HubMsg, events: &async_channel::Sender<
                 .and_then(|principal| principal.expires)
                 .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default());
             let subject = principal.map(|principal| principal.subject);
-            let join = Join { key: peer.key(), version, client_id, resume, addr, subject, expires_in };
+            let tls = peer.is_tls();
+            let join = Join { key: peer.key(), version, client_id, resume, addr, subject, expires_in, tls };
             if let Some(welcome) = core.join(join, peer, secret_bytes(), now) {
                 // `PeerOnline` first: whatever the peer sent comes after it.
                 emit(core, events);
