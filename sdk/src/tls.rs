@@ -302,3 +302,74 @@ impl TlsError {
         Some(TlsError::from_rustls(inner, expected))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed() -> (String, String) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (made.cert.pem(), made.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn the_name_checked_is_the_host_of_the_address_unless_one_is_set() {
+        let (cert, _) = self_signed();
+        let tls = ClientTls::ca_pem(cert.as_bytes()).unwrap();
+        let name = |tls: &ClientTls, server: &str| tls.name_for(server).map(|name| name.to_str().into_owned());
+        assert_eq!(name(&tls, "example.com:7879"), Ok("example.com".to_owned()));
+        assert_eq!(name(&tls, "127.0.0.1:7879"), Ok("127.0.0.1".to_owned()));
+        assert_eq!(name(&tls, "[::1]:7879"), Ok("::1".to_owned()));
+        assert!(matches!(tls.name_for("10.0.0.1:1"), Ok(ServerName::IpAddress(_))), "an IP is checked as an IP");
+        let named = tls.clone().server_name("localhost");
+        assert_eq!(name(&named, "127.0.0.1:7879"), Ok("localhost".to_owned()));
+        assert_eq!(name(&tls.server_name("not a name"), "127.0.0.1:7879"), Err("not a name".to_owned()));
+    }
+
+    #[test]
+    fn bad_pem_is_refused_with_a_precise_error_that_never_shows_the_key() {
+        let (cert, key) = self_signed();
+        assert!(ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).is_ok());
+        assert_eq!(ServerTls::from_pem(b"", key.as_bytes()).unwrap_err(), TlsConfigError::NoCertificate);
+        assert_eq!(ServerTls::from_pem(cert.as_bytes(), b"").unwrap_err(), TlsConfigError::NoKey);
+        assert_eq!(ServerTls::from_pem(cert.as_bytes(), cert.as_bytes()).unwrap_err(), TlsConfigError::NoKey);
+        // A key that is not the certificate's.
+        let (_, other_key) = self_signed();
+        let error = ServerTls::from_pem(cert.as_bytes(), other_key.as_bytes()).unwrap_err();
+        assert!(matches!(error, TlsConfigError::Rustls(_)), "{error:?}");
+        let body = key.lines().nth(1).unwrap();
+        for error in [error, TlsConfigError::NoKey] {
+            assert!(!format!("{error} {error:?}").contains(body));
+        }
+        assert_eq!(ClientTls::ca_pem(b"no pem here").unwrap_err(), TlsConfigError::NoCertificate);
+        let missing = ClientTls::ca_file("/nonexistent/ca.pem").unwrap_err();
+        assert!(missing.to_string().starts_with("cannot read /nonexistent/ca.pem: "), "{missing}");
+        assert!(!format!("{:?}", ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()).contains(body));
+    }
+
+    #[test]
+    fn rustls_failures_map_to_the_reason_they_name() {
+        use rustls::CertificateError as Cert;
+        let name = ServerName::try_from("desk.example").unwrap();
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(Cert::NotValidForName),
+                TlsError::WrongName { expected: "desk.example".into() },
+            ),
+            (rustls::Error::InvalidCertificate(Cert::UnknownIssuer), TlsError::UnknownIssuer),
+            (rustls::Error::InvalidCertificate(Cert::Expired), TlsError::Expired),
+            (rustls::Error::InvalidCertificate(Cert::NotValidYet), TlsError::NotYetValid),
+            (rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType), TlsError::NotTls),
+            (
+                rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+                TlsError::Alert("HandshakeFailure".into()),
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(TlsError::from_rustls(&error, &name), expected);
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+            assert_eq!(TlsError::from_io(&io, &name), Some(expected));
+        }
+        assert_eq!(TlsError::from_io(&std::io::Error::other("not TLS"), &name), None);
+    }
+}

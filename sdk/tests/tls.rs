@@ -146,7 +146,7 @@ fn each_verification_failure_is_a_typed_connect_error_naming_the_reason() {
         let ca = TestCa::new("test CA").unwrap();
         let trusts_ca = || ClientTls::ca_pem(ca.pem().as_bytes()).unwrap();
         let stranger = TestCa::new("another CA").unwrap();
-        let cases: [(&TestCa, &[&str], Validity, ClientTls, TlsError); 5] = [
+        let cases: [(&TestCa, &[&str], Validity, ClientTls, TlsError); 6] = [
             (
                 &ca,
                 &["elsewhere.example"],
@@ -162,6 +162,8 @@ fn each_verification_failure_is_a_typed_connect_error_naming_the_reason() {
                 TlsError::WrongName { expected: "localhost".into() },
             ),
             (&stranger, &["127.0.0.1"], Validity::Now, trusts_ca(), TlsError::UnknownIssuer),
+            // The public roots do not vouch for a test CA.
+            (&ca, &["127.0.0.1"], Validity::Now, ClientTls::webpki_roots(), TlsError::UnknownIssuer),
             (&ca, &["127.0.0.1"], Validity::Expired, trusts_ca(), TlsError::Expired),
             (&ca, &["127.0.0.1"], Validity::NotYet, trusts_ca(), TlsError::NotYetValid),
         ];
