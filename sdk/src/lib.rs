@@ -51,6 +51,8 @@
 //! - [`core`]: every decision about time and liveness as plain types driven by an injected
 //!   clock: [`core::MissCounter`], [`core::MissWatch`], [`core::Cadence`],
 //!   [`core::BackoffSchedule`], [`core::OnlineList`].
+//! - [`auth`] and [`tls`]: who a peer is (authenticators, a token file, JWT) and TLS on both
+//!   sides (rustls with the *ring* provider, named explicitly).
 //! - [`Client`] and [`Server`]: thin async shells around the core. Sockets and timers live on
 //!   async-io's reactor. The client's [`Driver`] runs under any executor; `Client::start` runs
 //!   it on the reactor's own thread (one wake-up per pulse interval when idle), and the server
