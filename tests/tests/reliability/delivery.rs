@@ -2096,6 +2096,7 @@ mod checks {
             last_rtt: None,
             misses: 0,
             subject: None,
+            tls: false,
         };
         let undelivered = vec![Undelivered { seq: 2, payload: numbered('s', 2), maybe_delivered: true }];
         ledger.note(&ServerEvent::PeerOffline { peer, reason: OfflineReason::Eof, undelivered });
