@@ -9,9 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use pulsewire::auth::{Authenticator, Jwt, JwtKey, TokenFile};
 use pulsewire::core::{DEFAULT_DETACHED_BYTES, DEFAULT_SESSION_BYTES, DEFAULT_SESSION_MESSAGES};
+use pulsewire::tls::ServerTls;
 use pulsewire::{ConfigError, ServerConfig};
 
 use crate::output::Format;
+use crate::tls::{CertSource, TlsPlan, DEFAULT_CA_OUT};
 
 /// A pulsewire server you can run: it pulses every peer, evicts the silent ones and prints
 /// who is online.
@@ -26,6 +28,11 @@ use crate::output::Format;
 ///
 /// With --tokens, --jwt-secret-file or --jwt-public-key every peer must authenticate: only the
 /// subject that holds a client id can take it over or resume its session.
+///
+/// With --tls-listen it listens for TLS too, with the certificate of --tls-cert and --tls-key,
+/// or one it makes at start (--tls-self-signed, for demos: clients trust the CA certificate it
+/// writes to --tls-ca-out). A token from beyond loopback is accepted over TLS only (unless
+/// --allow-plaintext-tokens).
 #[derive(Debug, Parser)]
 #[command(name = "demo-server", version, about, long_about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -143,6 +150,36 @@ pub struct Cli {
     /// `ERROR tls-required`: anyone on the path could read them).
     #[arg(long)]
     pub allow_plaintext_tokens: bool,
+
+    /// Also listen for TLS on this address, beside --listen (port 0 picks a free port, printed
+    /// on the first line); needs --tls-cert and --tls-key, or --tls-self-signed.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// The certificate chain of --tls-listen, PEM: the server's certificate first, then the
+    /// intermediate ones (with --tls-key).
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert's certificate, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_self_signed")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Make a certificate for --tls-listen at start, for demos and tests: a new certificate
+    /// authority signs one for localhost, 127.0.0.1, ::1 and --tls-listen's address (when it is
+    /// not a wildcard), and its certificate is written to --tls-ca-out for clients to trust.
+    /// A new one at every start: clients must read the file again.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+
+    /// Where --tls-self-signed writes its CA's certificate (PEM; replaced if it exists)
+    /// [default: pulsewire-demo-ca.pem, in the current directory].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_out: Option<PathBuf>,
+
+    /// Serve TLS only: no plaintext listener (--listen is ignored); needs --tls-listen.
+    #[arg(long)]
+    pub no_plaintext: bool,
 }
 
 /// The subcommands.
@@ -168,11 +205,17 @@ pub enum Command {
 }
 
 impl Cli {
-    /// The server configuration the flags describe, validated by the SDK: an out-of-range value
-    /// gives a readable error such as `interval must be ...`.
-    pub fn server_config(&self, authenticator: Option<Arc<dyn Authenticator>>) -> Result<ServerConfig, ConfigError> {
+    /// The server configuration the flags describe, with `tls` (the identity of
+    /// [`Cli::tls_plan`]'s listener), validated by the SDK: an out-of-range value gives a
+    /// readable error such as `interval must be ...`.
+    pub fn server_config(
+        &self,
+        authenticator: Option<Arc<dyn Authenticator>>,
+        tls: Option<(SocketAddr, ServerTls)>,
+    ) -> Result<ServerConfig, ConfigError> {
         let mut builder = ServerConfig::builder()
             .listen(self.listen)
+            .plaintext(!self.no_plaintext)
             .interval(self.interval)
             .max_missed(self.max_missed)
             .max_payload(self.max_payload)
@@ -183,6 +226,9 @@ impl Cli {
             .session_limits(self.session_messages, self.session_bytes);
         if let Some(authenticator) = authenticator {
             builder = builder.authenticator(authenticator);
+        }
+        if let Some((addr, tls)) = tls {
+            builder = builder.tls(addr, tls);
         }
         if let Some(peers) = self.max_peers {
             builder = builder.max_peers(peers);
@@ -224,6 +270,39 @@ impl Cli {
             anyhow::bail!("--require-auth needs --tokens, --jwt-secret-file or --jwt-public-key");
         }
         Ok(authenticator)
+    }
+
+    /// The TLS listener the flags describe (`None`: there is none), once they are checked to go
+    /// together: --tls-listen with one certificate source, and no TLS flag without it.
+    pub fn tls_plan(&self) -> anyhow::Result<Option<TlsPlan>> {
+        let source = match (&self.tls_cert, &self.tls_key, self.tls_self_signed) {
+            (Some(cert), Some(key), _) => Some(CertSource::Files { cert: cert.clone(), key: key.clone() }),
+            (Some(_), None, _) => anyhow::bail!("--tls-cert needs --tls-key: the private key of its certificate"),
+            (None, Some(_), _) => anyhow::bail!("--tls-key needs --tls-cert: the certificate chain of its key"),
+            (None, None, true) => {
+                let ca_out = self.tls_ca_out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CA_OUT));
+                Some(CertSource::SelfSigned { ca_out })
+            }
+            (None, None, false) => None,
+        };
+        if self.tls_ca_out.is_some() && !self.tls_self_signed {
+            anyhow::bail!("--tls-ca-out needs --tls-self-signed: only a certificate made at start has a CA to write");
+        }
+        match (self.tls_listen, source) {
+            (Some(listen), Some(source)) => Ok(Some(TlsPlan { listen, source })),
+            (Some(_), None) => {
+                anyhow::bail!(
+                    "--tls-listen needs a certificate: --tls-cert FILE and --tls-key FILE, or --tls-self-signed"
+                )
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("a certificate (--tls-cert, --tls-key or --tls-self-signed) needs --tls-listen ADDR")
+            }
+            (None, None) if self.no_plaintext => {
+                anyhow::bail!("--no-plaintext needs --tls-listen: without either listener nobody could connect")
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     /// The output format chosen.
@@ -277,7 +356,7 @@ mod tests {
     #[test]
     fn defaults_build_a_valid_config() {
         let cli = parse(&[]);
-        let config = cli.server_config(None).expect("defaults are valid");
+        let config = cli.server_config(None, None).expect("defaults are valid");
         assert_eq!(config.listen(), "127.0.0.1:7878".parse().unwrap());
         assert_eq!(config.interval(), Duration::from_secs(1));
         assert_eq!(config.max_missed(), 3);
@@ -289,7 +368,7 @@ mod tests {
 
     #[test]
     fn session_flags_default_to_the_sdks_defaults() {
-        let config = parse(&[]).server_config(None).expect("defaults are valid");
+        let config = parse(&[]).server_config(None, None).expect("defaults are valid");
         let sdk = ServerConfig::builder().build().expect("the SDK's defaults are valid");
         assert_eq!(config.keep(), DEFAULT_KEEP, "--keep's default is written out in its help");
         assert_eq!(config.session_limits(), sdk.session_limits());
@@ -311,7 +390,7 @@ mod tests {
             "8192",
             "--verbose",
         ]);
-        let config = cli.server_config(None).expect("valid flags");
+        let config = cli.server_config(None, None).expect("valid flags");
         assert_eq!(config.keep(), Duration::from_secs(30));
         assert_eq!(config.session_limits(), SessionLimits { max_messages: 8, max_bytes: 4096 });
         assert_eq!(config.detached_limits(), DetachedLimits { max_sessions: 10, max_bytes: 8192 });
@@ -321,13 +400,13 @@ mod tests {
 
     #[test]
     fn detached_sessions_default_follows_max_peers_even_when_only_the_bytes_are_set() {
-        let config = parse(&["--max-peers", "7", "--detached-bytes", "1048576"]).server_config(None).unwrap();
+        let config = parse(&["--max-peers", "7", "--detached-bytes", "1048576"]).server_config(None, None).unwrap();
         assert_eq!(config.detached_limits(), DetachedLimits { max_sessions: 14, max_bytes: 1 << 20 });
     }
 
     #[test]
     fn a_zero_keep_is_valid_and_keeps_no_session() {
-        let config = parse(&["--keep", "0s"]).server_config(None).expect("zero keeps none");
+        let config = parse(&["--keep", "0s"]).server_config(None, None).expect("zero keeps none");
         assert_eq!(config.keep(), Duration::ZERO);
     }
 
@@ -351,7 +430,7 @@ mod tests {
             "--max-handshakes",
             "3",
         ]);
-        let config = cli.server_config(None).expect("valid flags");
+        let config = cli.server_config(None, None).expect("valid flags");
         assert_eq!(config.max_peers(), 7);
         assert_eq!(config.max_connections_per_ip(), Some(2));
         assert_eq!(config.max_handshakes(), 3);
@@ -365,7 +444,7 @@ mod tests {
 
     #[test]
     fn zero_interval_gives_a_readable_config_error() {
-        let error = parse(&["--interval", "0ms"]).server_config(None).unwrap_err();
+        let error = parse(&["--interval", "0ms"]).server_config(None, None).unwrap_err();
         let message = error.to_string();
         assert!(message.starts_with("interval must be"), "{message:?}");
     }
@@ -384,9 +463,74 @@ mod tests {
             (&["--session-bytes", "4096", "--detached-bytes", "4095"][..], "detached bytes must be at least"),
             (&["--keep", "25h"][..], "keep must be at most 24 h"),
         ] {
-            let message = parse(args).server_config(None).unwrap_err().to_string();
+            let message = parse(args).server_config(None, None).unwrap_err().to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
         }
+    }
+
+    #[test]
+    fn no_tls_flag_means_no_tls_listener() {
+        assert_eq!(parse(&[]).tls_plan().expect("valid flags"), None);
+        let config = parse(&[]).server_config(None, None).expect("defaults are valid");
+        assert_eq!((config.tls_listen(), config.plaintext()), (None, true));
+    }
+
+    #[test]
+    fn a_tls_listener_takes_its_certificate_from_files_or_makes_one() {
+        let files = parse(&["--tls-listen", "127.0.0.1:7879", "--tls-cert", "chain.pem", "--tls-key", "key.pem"]);
+        let plan = files.tls_plan().expect("valid flags").expect("a TLS listener");
+        assert_eq!(plan.listen, "127.0.0.1:7879".parse().unwrap());
+        assert_eq!(plan.source, CertSource::Files { cert: "chain.pem".into(), key: "key.pem".into() });
+
+        let made = parse(&["--tls-listen", "0.0.0.0:0", "--tls-self-signed"]).tls_plan().expect("valid flags");
+        let source = made.expect("a TLS listener").source;
+        assert_eq!(source, CertSource::SelfSigned { ca_out: DEFAULT_CA_OUT.into() }, "the default CA file");
+        let elsewhere = parse(&["--tls-listen", "0.0.0.0:0", "--tls-self-signed", "--tls-ca-out", "/tmp/ca.pem"]);
+        let source = elsewhere.tls_plan().expect("valid flags").expect("a TLS listener").source;
+        assert_eq!(source, CertSource::SelfSigned { ca_out: "/tmp/ca.pem".into() });
+    }
+
+    #[test]
+    fn tls_flags_that_do_not_go_together_give_readable_errors() {
+        for (args, expected) in [
+            (
+                &["--tls-listen", "127.0.0.1:7879"][..],
+                "--tls-listen needs a certificate: --tls-cert FILE and --tls-key FILE, or --tls-self-signed",
+            ),
+            (&["--tls-self-signed"][..], "needs --tls-listen ADDR"),
+            (&["--tls-cert", "c.pem", "--tls-key", "k.pem"][..], "needs --tls-listen ADDR"),
+            (&["--tls-listen", "127.0.0.1:7879", "--tls-cert", "c.pem"][..], "--tls-cert needs --tls-key"),
+            (&["--tls-listen", "127.0.0.1:7879", "--tls-key", "k.pem"][..], "--tls-key needs --tls-cert"),
+            (
+                &[
+                    "--tls-listen",
+                    "127.0.0.1:7879",
+                    "--tls-cert",
+                    "c.pem",
+                    "--tls-key",
+                    "k.pem",
+                    "--tls-ca-out",
+                    "ca.pem",
+                ][..],
+                "--tls-ca-out needs --tls-self-signed",
+            ),
+            (&["--no-plaintext"][..], "--no-plaintext needs --tls-listen"),
+        ] {
+            let message = parse(args).tls_plan().expect_err("conflicting flags").to_string();
+            assert!(message.contains(expected), "{args:?}: {message:?} lacks {expected:?}");
+        }
+        // Two certificate sources at once: a usage error.
+        let both = ["demo-server", "--tls-listen", "127.0.0.1:7879", "--tls-self-signed", "--tls-cert", "c.pem"];
+        assert_eq!(Cli::try_parse_from(both).unwrap_err().kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn no_plaintext_leaves_the_tls_listener_alone() {
+        let cli = parse(&["--tls-listen", "127.0.0.1:0", "--tls-self-signed", "--no-plaintext"]);
+        let plan = cli.tls_plan().expect("valid flags").expect("a TLS listener");
+        let tls = plan.identity().expect("a certificate is made").tls;
+        let config = cli.server_config(None, Some((plan.listen, tls))).expect("valid flags");
+        assert_eq!((config.tls_listen(), config.plaintext()), (Some("127.0.0.1:0".parse().unwrap()), false));
     }
 
     #[test]

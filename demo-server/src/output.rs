@@ -5,16 +5,23 @@
 //!
 //! | event       | text                                                  | json                                                                 |
 //! |-------------|-------------------------------------------------------|----------------------------------------------------------------------|
-//! | listening   | `listening on 127.0.0.1:7878`                         | `{"event":"listening","addr":"127.0.0.1:7878"}`                      |
-//! | online      | `online  desk-42 127.0.0.1:5555 session 0a1b2 (fresh) as alice` | `{"event":"online","peer":"desk-42","addr":"…","session":"0a1b2","resumed":false,"subject":"alice"}` |
+//! | listening   | `listening on 127.0.0.1:7878, TLS on 127.0.0.1:7879`  | `{"event":"listening","addr":"127.0.0.1:7878","tls_addr":"127.0.0.1:7879","plaintext":true,"ca_file":null}` |
+//! | online      | `online  desk-42 127.0.0.1:5555 session 0a1b2 (fresh) as alice over TLS` | `{"event":"online","peer":"desk-42","addr":"…","session":"0a1b2","resumed":false,"subject":"alice","tls":true}` |
 //! | detached    | `detached desk-42 (connection reset)`                 | `{"event":"detached","peer":"desk-42","addr":"…","session":"0a1b2","reason":"reset","detail":"connection reset"}` |
 //! | offline     | `offline desk-42 (evicted after 4 missed pulses)`     | `{"event":"offline","peer":"desk-42","reason":"timeout","detail":"…","undelivered":0,"maybe_delivered":0,"was_detached":false}` |
 //! | message     | `message desk-42 seq 5, echo seq 3: hello`            | `{"event":"message","peer":"desk-42","seq":5,"text":"hello","echo_seq":3}` |
 //! | delivered   | `delivered desk-42 up to seq 3` (only with `--verbose`) | `{"event":"delivered","peer":"desk-42","up_to":3}`                 |
-//! | online list | `online list (1 peer):` and a table, then `detached (1 session):` and a table if any | `{"event":"online_list","peers":[{"id":…,"addr":…,"session":…,"misses":0,"rtt_ms":1.2,"connected_ms":1234}],"detached":[{"id":…,"session":…,"left_ms":119800,"queued":2,"bytes":10}]}` |
+//! | online list | `online list (1 peer):` and a table, then `detached (1 session):` and a table if any | `{"event":"online_list","peers":[{"id":…,"addr":…,"session":…,"misses":0,"rtt_ms":1.2,"connected_ms":1234,"tls":false}],"detached":[{"id":…,"session":…,"left_ms":119800,"queued":2,"bytes":10}]}` |
 //! | shutdown    | `shutdown`                                            | `{"event":"shutdown"}`                                               |
 //!
 //! Details:
+//! - `listening`: `addr` is where to connect: the plaintext listener, or the TLS one when
+//!   `plaintext` is false (`--no-plaintext`; text `listening on 127.0.0.1:7879, TLS only`).
+//!   `tls_addr` is the TLS listener's (`null`: none). With `--tls-self-signed`, `ca_file` is the
+//!   absolute path of the CA certificate clients must trust (text `(self-signed: its CA is in
+//!   /path/pulsewire-demo-ca.pem)`), `null` otherwise.
+//! - `online`, `online_list`: `tls` (text `over TLS`; the table's `tls` column) says the peer
+//!   came over the TLS listener.
 //! - `online`: `subject` (text `as alice`) is who the peer authenticated as, `null` (nothing)
 //!   when the server has no authenticator.
 //! - `online`: `resumed` (text `(resumed)`) when the peer resumed its session: nothing was lost
@@ -44,6 +51,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pulsewire::{KeptSession, PeerInfo, ServerEvent, ServerSendError};
@@ -92,6 +100,20 @@ impl Echo {
     }
 }
 
+/// Where the server listens, as its first line tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening<'a> {
+    /// Where to connect: the plaintext listener's address, or the TLS listener's when there is
+    /// no plaintext one.
+    pub addr: SocketAddr,
+    /// The TLS listener's address, if there is one.
+    pub tls_addr: Option<SocketAddr>,
+    /// Whether the plaintext listener runs.
+    pub plaintext: bool,
+    /// The CA certificate of a certificate made at start, written for clients to trust.
+    pub ca_file: Option<&'a Path>,
+}
+
 /// Prints events to a writer (stdout in the binary). Every line is flushed at once, except event
 /// lines, which wait for [`Output::flush`]: the console flushes once per batch of events, so a
 /// reconnect storm costs one write per batch instead of one per arrival.
@@ -107,11 +129,30 @@ impl<W: Write> Output<W> {
         Output { format, out }
     }
 
-    /// The server listens on `addr`.
-    pub fn listening(&mut self, addr: SocketAddr) -> io::Result<()> {
+    /// The server listens.
+    pub fn listening(&mut self, listening: &Listening<'_>) -> io::Result<()> {
+        let Listening { addr, tls_addr, plaintext, ca_file } = *listening;
         let text = match self.format {
-            Format::Text => format!("listening on {addr}"),
-            Format::Json => object(&[("event", string("listening")), ("addr", string(&addr.to_string()))]),
+            Format::Text => {
+                let mut line = format!("listening on {addr}");
+                match tls_addr {
+                    Some(_) if !plaintext => line.push_str(", TLS only"),
+                    Some(tls_addr) => line.push_str(&format!(", TLS on {tls_addr}")),
+                    None => {}
+                }
+                if let Some(ca_file) = ca_file {
+                    // Writing to a String cannot fail.
+                    let _ = write!(line, " (self-signed: its CA is in {})", printable(&ca_file.display().to_string()));
+                }
+                line
+            }
+            Format::Json => object(&[
+                ("event", string("listening")),
+                ("addr", string(&addr.to_string())),
+                ("tls_addr", tls_addr.map_or_else(|| "null".to_owned(), |tls_addr| string(&tls_addr.to_string()))),
+                ("plaintext", plaintext.to_string()),
+                ("ca_file", ca_file.map_or_else(|| "null".to_owned(), |path| string(&path.display().to_string()))),
+            ]),
         };
         self.emit(&text)
     }
@@ -181,6 +222,9 @@ fn event_text(event: &ServerEvent, notes: Notes) -> String {
             if let Some(subject) = &peer.subject {
                 let _ = write!(line, " as {}", printable(subject.as_str()));
             }
+            if peer.tls {
+                line.push_str(" over TLS");
+            }
             line
         }
         ServerEvent::PeerDetached { peer, reason } => format!("detached {} ({reason})", peer.id),
@@ -221,6 +265,7 @@ fn event_json(event: &ServerEvent, notes: Notes) -> String {
             ("session", string(peer.session.as_str())),
             ("resumed", resumed.to_string()),
             ("subject", peer.subject.as_ref().map_or_else(|| "null".to_owned(), |subject| string(subject.as_str()))),
+            ("tls", peer.tls.to_string()),
         ]),
         ServerEvent::PeerDetached { peer, reason } => object(&[
             ("event", string("detached")),
@@ -276,7 +321,7 @@ fn seq_text(seq: u64) -> String {
 fn online_list_text(peers: &[PeerInfo], detached: &[KeptSession], now: Instant) -> String {
     let noun = if peers.len() == 1 { "peer" } else { "peers" };
     let mut text = format!("online list ({} {noun}):", peers.len());
-    let header = ["id", "address", "session", "connected for", "last rtt", "misses"];
+    let header = ["id", "address", "session", "connected for", "last rtt", "misses", "tls"];
     let rows = peers.iter().map(|peer| {
         [
             peer.id.to_string(),
@@ -285,6 +330,7 @@ fn online_list_text(peers: &[PeerInfo], detached: &[KeptSession], now: Instant) 
             short(now.saturating_duration_since(peer.connected_since)),
             peer.last_rtt.map_or_else(|| "-".to_owned(), |rtt| format!("{rtt:.1?}")),
             peer.misses.to_string(),
+            if peer.tls { "yes" } else { "no" }.to_owned(),
         ]
     });
     push_table(&mut text, header, rows.collect());
@@ -352,7 +398,7 @@ fn write_online_list_json(
         write!(out, ",\"misses\":{},\"rtt_ms\":", peer.misses)?;
         serde_json::to_writer(&mut *out, &peer.last_rtt.map(millis))?;
         let connected = whole_millis(now.saturating_duration_since(peer.connected_since));
-        write!(out, ",\"connected_ms\":{connected}}}")?;
+        write!(out, ",\"connected_ms\":{connected},\"tls\":{}}}", peer.tls)?;
     }
     out.write_all(b"],\"detached\":[")?;
     for (n, kept) in detached.iter().enumerate() {
@@ -431,6 +477,7 @@ mod tests {
             last_rtt: None,
             misses: 0,
             subject: None,
+            tls: false,
         }
     }
 
@@ -477,11 +524,50 @@ mod tests {
 
     #[test]
     fn listening_line_carries_the_address() {
-        let addr = "127.0.0.1:40123".parse().unwrap();
-        assert_eq!(printed(Format::Text, |o| o.listening(addr)), "listening on 127.0.0.1:40123\n");
+        let listening =
+            Listening { addr: "127.0.0.1:40123".parse().unwrap(), tls_addr: None, plaintext: true, ca_file: None };
+        assert_eq!(printed(Format::Text, |o| o.listening(&listening)), "listening on 127.0.0.1:40123\n");
         assert_eq!(
-            printed(Format::Json, |o| o.listening(addr)),
-            "{\"event\":\"listening\",\"addr\":\"127.0.0.1:40123\"}\n"
+            printed(Format::Json, |o| o.listening(&listening)),
+            "{\"event\":\"listening\",\"addr\":\"127.0.0.1:40123\",\"tls_addr\":null,\"plaintext\":true,\"ca_file\":null}\n"
+        );
+    }
+
+    #[test]
+    fn listening_line_carries_the_tls_address_and_the_ca_file_of_a_self_signed_certificate() {
+        let both = Listening {
+            addr: "127.0.0.1:40123".parse().unwrap(),
+            tls_addr: Some("127.0.0.1:40124".parse().unwrap()),
+            plaintext: true,
+            ca_file: None,
+        };
+        assert_eq!(
+            printed(Format::Text, |o| o.listening(&both)),
+            "listening on 127.0.0.1:40123, TLS on 127.0.0.1:40124\n"
+        );
+        let value = json(&printed(Format::Json, |o| o.listening(&both)));
+        assert_eq!(
+            (value["addr"].as_str(), value["tls_addr"].as_str()),
+            (Some("127.0.0.1:40123"), Some("127.0.0.1:40124"))
+        );
+        assert_eq!((value["plaintext"].as_bool(), value["ca_file"].is_null()), (Some(true), true));
+
+        let ca = Path::new("/tmp/pulsewire-demo-ca.pem");
+        let tls_only = Listening {
+            addr: "[::1]:7879".parse().unwrap(),
+            tls_addr: Some("[::1]:7879".parse().unwrap()),
+            plaintext: false,
+            ca_file: Some(ca),
+        };
+        assert_eq!(
+            printed(Format::Text, |o| o.listening(&tls_only)),
+            "listening on [::1]:7879, TLS only (self-signed: its CA is in /tmp/pulsewire-demo-ca.pem)\n"
+        );
+        let value = json(&printed(Format::Json, |o| o.listening(&tls_only)));
+        assert_eq!((value["addr"].as_str(), value["tls_addr"].as_str()), (Some("[::1]:7879"), Some("[::1]:7879")));
+        assert_eq!(
+            (value["plaintext"].as_bool(), value["ca_file"].as_str()),
+            (Some(false), Some("/tmp/pulsewire-demo-ca.pem"))
         );
     }
 
@@ -492,7 +578,7 @@ mod tests {
         assert_eq!(
             plain(Format::Json, &fresh),
             "{\"event\":\"online\",\"peer\":\"desk-42\",\"addr\":\"127.0.0.1:5555\",\"session\":\"0a1b2c3d1\",\
-             \"resumed\":false,\"subject\":null}\n"
+             \"resumed\":false,\"subject\":null,\"tls\":false}\n"
         );
         let resumed = ServerEvent::PeerOnline { peer: peer("desk-42", Instant::now()), resumed: true };
         assert_eq!(plain(Format::Text, &resumed), "online  desk-42 127.0.0.1:5555 session 0a1b2c3d1 (resumed)\n");
@@ -503,6 +589,22 @@ mod tests {
         let online = ServerEvent::PeerOnline { peer: alice, resumed: false };
         assert!(plain(Format::Text, &online).ends_with("(fresh) as alice\n"));
         assert_eq!(json(&plain(Format::Json, &online))["subject"], "alice");
+    }
+
+    #[test]
+    fn online_event_says_when_the_peer_came_over_tls() {
+        let mut alice = peer("desk-42", Instant::now());
+        alice.subject = Some(pulsewire::auth::Subject::new("alice"));
+        alice.tls = true;
+        let online = ServerEvent::PeerOnline { peer: alice.clone(), resumed: false };
+        assert_eq!(
+            plain(Format::Text, &online),
+            "online  desk-42 127.0.0.1:5555 session 0a1b2c3d1 (fresh) as alice over TLS\n"
+        );
+        assert_eq!(json(&plain(Format::Json, &online))["tls"], true);
+        alice.subject = None;
+        let anonymous = ServerEvent::PeerOnline { peer: alice, resumed: true };
+        assert!(plain(Format::Text, &anonymous).ends_with("(resumed) over TLS\n"));
     }
 
     #[test]
@@ -663,12 +765,13 @@ mod tests {
         a.last_rtt = Some(Duration::from_micros(1_234));
         let mut long = peer("desk-long-name", start);
         long.misses = 2;
+        long.tls = true;
         let table = printed(Format::Text, |o| o.online_list(&[a, long], &[], now));
         let expected = "\
 online list (2 peers):
-  id              address         session    connected for  last rtt  misses
-  a               127.0.0.1:5555  0a1b2c3d1  12.3s          1.2ms     0
-  desk-long-name  127.0.0.1:5555  0a1b2c3d1  1h 2m 3s       -         2
+  id              address         session    connected for  last rtt  misses  tls
+  a               127.0.0.1:5555  0a1b2c3d1  12.3s          1.2ms     0       no
+  desk-long-name  127.0.0.1:5555  0a1b2c3d1  1h 2m 3s       -         2       yes
 ";
         assert_eq!(table, expected);
     }
@@ -680,8 +783,8 @@ online list (2 peers):
         let table = printed(Format::Text, |o| o.online_list(&[peer("a", now)], &detached, now));
         let expected = "\
 online list (1 peer):
-  id  address         session    connected for  last rtt  misses
-  a   127.0.0.1:5555  0a1b2c3d1  0.0ns          -         0
+  id  address         session    connected for  last rtt  misses  tls
+  a   127.0.0.1:5555  0a1b2c3d1  0.0ns          -         0       no
 detached (2 sessions):
   id      session    time left  queued  bytes
   b       0a1b2c3d7  1.5s       0       0
@@ -706,7 +809,8 @@ detached (2 sessions):
         let now = start + Duration::from_millis(1_234);
         let mut a = peer("a", start);
         a.last_rtt = Some(Duration::from_micros(1_200));
-        let b = peer("b", now);
+        let mut b = peer("b", now);
+        b.tls = true;
         let line = printed(Format::Json, |o| o.online_list(&[a, b], &[], now));
         assert!(line.starts_with("{\"event\":\"online_list\","), "{line}");
         let value = json(&line);
@@ -719,6 +823,7 @@ detached (2 sessions):
         assert_eq!(peers[0]["rtt_ms"], 1.2);
         assert_eq!(peers[0]["connected_ms"], 1234);
         assert!(peers[1]["rtt_ms"].is_null());
+        assert_eq!((peers[0]["tls"].as_bool(), peers[1]["tls"].as_bool()), (Some(false), Some(true)));
         assert_eq!(
             printed(Format::Json, |o| o.online_list(&[], &[], now)),
             "{\"event\":\"online_list\",\"peers\":[],\"detached\":[]}\n"

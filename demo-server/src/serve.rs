@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufWriter, Stdout};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,10 +19,10 @@ use futures::stream::{Fuse, StreamExt};
 use pulsewire::protocol::ClientId;
 use pulsewire::{Server, ServerConfig, ServerEvent, ServerEvents};
 
-use crate::output::{Echo, Format, Notes, Output};
+use crate::output::{Echo, Format, Listening, Notes, Output};
 
 /// How the server behaves beyond its [`ServerConfig`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// How events are printed.
     pub format: Format,
@@ -29,6 +30,9 @@ pub struct Options {
     pub echo: bool,
     /// Whether acknowledgements (`ServerEvent::Delivered`) are printed.
     pub verbose: bool,
+    /// The CA certificate written for a certificate made at start (`--tls-self-signed`),
+    /// named on the listening line.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The context of an error writing to stdout.
@@ -40,6 +44,15 @@ const STDOUT: &str = "cannot write to stdout";
 /// every peer, megabytes at 19 000 peers).
 const LIST_GAP: Duration = Duration::from_millis(100);
 
+/// The addresses `config` listens on, for an error: `127.0.0.1:7878 and TLS 127.0.0.1:7879`.
+fn listeners(config: &ServerConfig) -> String {
+    match (config.plaintext(), config.tls_listen()) {
+        (true, Some(tls)) => format!("{} and TLS {tls}", config.listen()),
+        (false, Some(tls)) => format!("TLS {tls}"),
+        (_, None) => config.listen().to_string(),
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM. Fails when the address cannot be bound, the
 /// signal handler cannot be installed, or stdout is closed.
 pub fn run(config: ServerConfig, options: Options) -> anyhow::Result<()> {
@@ -48,8 +61,8 @@ pub fn run(config: ServerConfig, options: Options) -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiver<()>) -> anyhow::Result<()> {
-    let listen = config.listen();
-    let (server, events) = Server::bind(config).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listeners = listeners(&config);
+    let (server, events) = Server::bind(config).await.with_context(|| format!("cannot listen on {listeners}"))?;
     let mut console = Console {
         server,
         out: Output::new(options.format, BufWriter::with_capacity(64 * 1024, io::stdout())),
@@ -59,7 +72,13 @@ async fn serve(config: ServerConfig, options: Options, mut stop: UnboundedReceiv
         list_due: async_io::Timer::never(),
         pacer: ListPacer::new(Instant::now()),
     };
-    console.out.listening(console.server.local_addr()).context(STDOUT)?;
+    let listening = Listening {
+        addr: console.server.local_addr(),
+        tls_addr: console.server.tls_addr(),
+        plaintext: console.server.config().plaintext(),
+        ca_file: options.ca_file.as_deref(),
+    };
+    console.out.listening(&listening).context(STDOUT)?;
     let mut events = events.fuse();
     let mut lines = stdin_lines()?;
 
@@ -330,6 +349,7 @@ mod tests {
             last_rtt: None,
             misses: 0,
             subject: None,
+            tls: false,
         }
     }
 

@@ -16,6 +16,19 @@
 //! session's resume secret: it is written with mode 0600 (on Unix), and replaced atomically
 //! (a temporary file, then a rename) so that a kill never leaves half of it.
 //!
+//! Over TLS: `--tls` checks the server's certificate against the webpki roots (a public
+//! certificate authority), `--ca FILE` against the CA in that PEM file instead (the one
+//! `demo-server --tls-self-signed` writes, say), and `--server-name NAME` against that name
+//! instead of the host of `--server`:
+//!
+//! ```text
+//! cargo run -p demo-server -- --tls-listen 127.0.0.1:7879 --tls-self-signed        # terminal 1
+//! cargo run -p pulsewire --example client -- --server 127.0.0.1:7879 --ca pulsewire-demo-ca.pem
+//! ```
+//!
+//! A certificate that does not verify is reported on every attempt, with the reason
+//! (`backing off … after: the server's certificate is signed by an unknown authority`).
+//!
 //! What it does not keep across a restart: the messages it had accepted and not seen
 //! acknowledged (the outbox lives in the process), and the messages the SDK had handed over
 //! and acknowledged but this program had not printed yet.
@@ -28,6 +41,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use futures::StreamExt;
+use pulsewire::tls::ClientTls;
 use pulsewire::{Client, ClientConfig, Event, ResumeState, SendOptions, Ticket};
 use serde_json::json;
 
@@ -62,6 +76,35 @@ struct Args {
     /// A file holding the token to authenticate with (a trailing newline is dropped).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the webpki roots (the public certificate authorities) unless
+    /// --ca says otherwise.
+    #[arg(long)]
+    tls: bool,
+    /// Connect over TLS, trusting the certificate authorities in this PEM file (implies --tls).
+    #[arg(long, value_name = "PATH")]
+    ca: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the host of --server (a
+    /// DNS name or an IP address; needs --tls or --ca).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+}
+
+impl Args {
+    /// The TLS the flags ask for (`None`: plaintext).
+    fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let tls = match &self.ca {
+            Some(path) => ClientTls::ca_file(path).with_context(|| format!("--ca {}", path.display()))?,
+            None if self.tls => ClientTls::webpki_roots(),
+            None => {
+                anyhow::ensure!(self.server_name.is_none(), "--server-name needs --tls or --ca");
+                return Ok(None);
+            }
+        };
+        Ok(Some(match &self.server_name {
+            Some(name) => tls.server_name(name.as_str()),
+            None => tls,
+        }))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +118,9 @@ fn main() -> anyhow::Result<()> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
         builder = builder.token(text.trim_end_matches(['\n', '\r']));
+    }
+    if let Some(tls) = args.tls()? {
+        builder = builder.tls(tls);
     }
     if let Some(path) = &args.state_file {
         match load_state(path)? {
@@ -275,9 +321,12 @@ fn json_line(event: &Event) -> serde_json::Value {
         Event::Pulse { seq, misses_reset } => json!({"event": "pulse", "seq": seq, "misses_reset": misses_reset}),
         Event::Missed { count, max } => json!({"event": "missed", "count": count, "max": max}),
         Event::Disconnected { reason } => json!({"event": "disconnected", "reason": reason.to_string()}),
-        Event::BackingOff { attempt, delay, .. } => {
-            json!({"event": "backing_off", "attempt": attempt, "delay_ms": delay.as_millis() as u64})
-        }
+        Event::BackingOff { attempt, delay, last_error, .. } => json!({
+            "event": "backing_off",
+            "attempt": attempt,
+            "delay_ms": delay.as_millis() as u64,
+            "error": last_error.as_ref().map(ToString::to_string),
+        }),
         Event::Message { seq, payload } => {
             json!({"event": "message", "seq": seq, "text": String::from_utf8_lossy(payload)})
         }

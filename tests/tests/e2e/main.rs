@@ -9,6 +9,7 @@ mod faults;
 mod happy_path;
 mod leaving;
 mod lifecycle;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
