@@ -6,7 +6,8 @@
 //! server restarts, so that a restarted server still accepts the tokens the clients hold. Only
 //! this app knows it: a client pointed at an external server sends no token.
 //!
-//! TLS does not exist yet: tokens travel in plaintext, which the SDK's server accepts from
+//! Over TLS (the main client's default) a token travels encrypted; over the plaintext listener
+//! (the TLS switch off, the extra clients, the hijacker) the SDK's server accepts one from
 //! loopback only.
 
 use std::fmt;

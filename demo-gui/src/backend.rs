@@ -7,7 +7,8 @@
 //!
 //! - the worker thread: commands, and every 250 ms the online list and the extra clients'
 //!   states (sent only when they changed);
-//! - per main client: one thread forwarding its events, one probing the round trip each second;
+//! - per main client: one thread running its driver, one forwarding its events, one probing
+//!   the round trip each second;
 //! - per embedded server: one thread that is the server's application: it forwards the
 //!   server's events, echoes messages back, and sends the stream's server → client messages;
 //! - the stream thread: while the stream switch is on, it sends the stream's client → server
@@ -18,6 +19,12 @@
 //! The embedded server requires a login ([`DemoJwt`]): the main client gets its tokens from a
 //! [`Minter`], each extra client has a token of its own, and nothing is sent to an external
 //! server, which cannot know the app's signing key.
+//!
+//! The embedded server listens twice: in plaintext, and for TLS with a certificate made at
+//! start ([`DemoPki`]). The main client takes the TLS listener by default, trusting the demo
+//! CA; [`Command::SetTransport`] restarts it over the other listener, or trusting the wrong CA,
+//! and the new client resumes the old one's session (see `Worker::let_go`). The extra
+//! clients and the hijacker use the plaintext listener.
 //!
 //! Every send to the main client's peer happens on the server's thread, in one sequence with
 //! the server's events, so the model can tell which message each of the server's
@@ -30,15 +37,20 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc as async_mpsc;
+use futures::channel::oneshot;
 use futures::executor::block_on;
 use futures::{future, stream, StreamExt};
 use pulsewire::core::{KeptSession, OutboxStatus, SendOptions};
 use pulsewire::protocol::ClientId;
-use pulsewire::{Client, ClientConfig, CloseReason, Event, Events, PeerInfo, Server, ServerEvent, ServerEvents, State};
+use pulsewire::{
+    Client, ClientConfig, CloseReason, Driver, Event, Events, PeerInfo, ResumeState, Server, ServerEvent, ServerEvents,
+    State,
+};
 
 use crate::auth::{DemoJwt, Minter, SigningKey, AUTH_GRACE, CUT_SHORT_TO, HIJACKER, SUBJECT};
 use crate::feed::{ExtraCounts, Feed, HijackOutcome, Input, ServerStatus};
 use crate::ledger::Sent;
+use crate::pki::{DemoPki, Trust};
 use crate::relay::{Blackhole, Relay};
 use crate::settings::{Settings, Target};
 use crate::stream::{self as numbered, Direction};
@@ -51,6 +63,10 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long the hijack fault waits for the server's answer to the hijacker.
 pub const HIJACK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long a transport switch waits for the main client's outbox to drain (everything it sent
+/// acknowledged) before it closes the client instead of stopping it.
+pub const HANDOVER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Where the relay points before there is any server (the discard port: nobody listens).
 const NOWHERE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9));
@@ -91,8 +107,28 @@ pub enum Command {
     /// [`CUT_SHORT_TO`]); past the grace the server ends the connection with `auth-expired`, and
     /// the client gets a new token and resumes.
     ExpireToken,
+    /// Restart the main client over this transport (the embedded server's plaintext or TLS
+    /// listener, trusting the demo CA or the wrong one); the new client resumes the old one's
+    /// session.
+    SetTransport(Transport),
     /// Use these settings, restarting what they affect.
     Apply(Settings),
+}
+
+/// How the main client reaches the embedded server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The plaintext listener.
+    Plaintext,
+    /// The TLS listener, trusting this authority.
+    Tls(Trust),
+}
+
+impl Default for Transport {
+    /// TLS, trusting the demo CA.
+    fn default() -> Transport {
+        Transport::Tls(Trust::DemoCa)
+    }
 }
 
 /// The handle the UI holds. Dropping it closes every client, stops the server and waits for the
@@ -108,9 +144,10 @@ impl Backend {
     /// client, reporting each step through `feed`.
     pub fn start(settings: Settings, feed: Feed) -> std::io::Result<Backend> {
         let key = SigningKey::random()?;
+        let pki = DemoPki::generate().map_err(std::io::Error::other)?;
         let (commands, inbox) = mpsc::channel();
         let worker = thread::Builder::new().name("demo-worker".into()).spawn(move || {
-            let mut worker = Worker::new(settings, key, feed);
+            let mut worker = Worker::new(settings, key, pki, feed);
             worker.boot();
             worker.run(&inbox);
             worker.quit();
@@ -144,6 +181,10 @@ struct Worker {
     key: SigningKey,
     /// The embedded server's authenticator (one for every run of it).
     authenticator: Arc<DemoJwt>,
+    /// The embedded server's certificate and the authorities a client may trust.
+    pki: DemoPki,
+    /// How the main client reaches the embedded server (an external one: always plaintext).
+    transport: Transport,
     /// The main client's token provider (none while it sends no token).
     minter: Option<Minter>,
     /// The hijacker's thread, while the hijack fault plays out.
@@ -152,9 +193,11 @@ struct Worker {
     server: Option<Server>,
     /// The embedded server's port, kept across restarts (0 until it first ran).
     port: u16,
+    /// Its TLS port, likewise.
+    tls_port: u16,
     /// Which run of the embedded server is the current one (0 before the first).
     instance: u64,
-    client: Option<Client>,
+    client: Option<MainClient>,
     generation: u64,
     extras: Vec<Client>,
     stream: Option<StreamThread>,
@@ -165,6 +208,45 @@ struct Worker {
     last_extras: ExtraCounts,
 }
 
+/// The main client, and the threads that run for it.
+struct MainClient {
+    client: Client,
+    /// Dropping it stops the driver where it stands.
+    stop: Option<oneshot::Sender<()>>,
+    driver: Option<JoinHandle<()>>,
+    /// Dropping it ends the probe thread.
+    stop_probing: Option<Sender<()>>,
+    probe: Option<JoinHandle<()>>,
+}
+
+impl MainClient {
+    /// Ends the probe thread, waiting for a probe under way (it resolves with the server's
+    /// answer or the connection's end).
+    fn stop_probing(&mut self) {
+        drop(self.stop_probing.take());
+        if let Some(probe) = self.probe.take() {
+            let _ = probe.join();
+        }
+    }
+
+    /// Stops the driver where it stands: every task ends and the connection is dropped without
+    /// `BYE`, as when the process ends. (After [`Client::close`] it has ended already.)
+    fn halt(&mut self) {
+        drop(self.stop.take());
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
+    }
+
+    /// Closes the client (what is unwritten is handed back, `BYE` if connected) and waits for
+    /// its threads.
+    fn close(&mut self) {
+        block_on(self.client.close());
+        self.stop_probing();
+        self.halt();
+    }
+}
+
 /// The stream thread and the way to it.
 struct StreamThread {
     control: Sender<StreamControl>,
@@ -172,18 +254,21 @@ struct StreamThread {
 }
 
 impl Worker {
-    fn new(settings: Settings, key: SigningKey, feed: Feed) -> Worker {
+    fn new(settings: Settings, key: SigningKey, pki: DemoPki, feed: Feed) -> Worker {
         let authenticator = Arc::new(DemoJwt::new(&key, feed.clone()));
         Worker {
             settings,
             feed,
             key,
             authenticator,
+            pki,
+            transport: Transport::default(),
             minter: None,
             hijack: None,
             relay: None,
             server: None,
             port: 0,
+            tls_port: 0,
             instance: 0,
             client: None,
             generation: 0,
@@ -225,7 +310,7 @@ impl Worker {
         }
         self.point_relay();
         self.report_relay();
-        self.connect();
+        self.connect(None);
     }
 
     fn run(&mut self, inbox: &Receiver<Command>) {
@@ -262,7 +347,7 @@ impl Worker {
                     self.feed.send(Input::Server(ServerStatus::Killed));
                 }
             }
-            Command::Connect => self.connect(),
+            Command::Connect => self.connect(None),
             Command::Close => self.close_client(),
             Command::Send(text) => self.send(text),
             Command::SetStream(on) => self.set_stream(on),
@@ -286,11 +371,15 @@ impl Worker {
                 if self.server.is_none() && self.settings.target == Target::Embedded {
                     self.start_server();
                 }
+                if self.transport == Transport::Tls(Trust::WrongCa) {
+                    self.set_transport(Transport::Tls(Trust::DemoCa));
+                }
             }
             Command::SpawnExtras(count) => self.spawn_extras(count),
             Command::StopExtras => self.stop_extras(),
             Command::Hijack => self.hijack(),
             Command::ExpireToken => self.expire_token(),
+            Command::SetTransport(transport) => self.set_transport(transport),
             Command::Apply(settings) => self.apply(settings),
         }
     }
@@ -361,6 +450,65 @@ impl Worker {
         ));
     }
 
+    /// Restarts the main client over `transport`, carrying its session over.
+    fn set_transport(&mut self, transport: Transport) {
+        if self.settings.target != Target::Embedded {
+            self.feed.note(
+                "no TLS switch: only the embedded server has the demo certificate; the client of an external server \
+                 connects in plaintext",
+            );
+            return;
+        }
+        if transport == self.transport && self.client.is_some() {
+            return;
+        }
+        self.transport = transport;
+        let resume = self.let_go();
+        self.connect(resume);
+    }
+
+    /// Lets the main client go so that the next one can resume its session, and returns the
+    /// session (as [`Client::resume_state`] gives it, what an application saves to resume after
+    /// a restart).
+    ///
+    /// [`Client::close`] would say `BYE`, and the server ends a session whose client said
+    /// goodbye. So: the stream stops sending through this client; once it is online with
+    /// everything it sent acknowledged, its driver is stopped where it stands, its connection
+    /// dropped without a word (the server keeps the session, as for any lost connection), and
+    /// nothing is lost with it. A client that is offline (backing off, or failing every TLS
+    /// handshake) has no connection to say `BYE` on: it is closed, and hands back what it
+    /// still holds. One whose outbox does not drain within [`HANDOVER_PATIENCE`] (a dead link)
+    /// is closed too: the server ends the session if the `BYE` reaches it.
+    fn let_go(&mut self) -> Option<ResumeState> {
+        let mut main = self.client.take()?;
+        self.release_stream();
+        main.stop_probing();
+        let deadline = Instant::now() + HANDOVER_PATIENCE;
+        let how = loop {
+            let online = matches!(main.client.state(), State::Online { .. });
+            let outbox = main.client.outbox();
+            if online && outbox.queued + outbox.unacked == 0 {
+                main.halt();
+                break "stopped without BYE, everything it sent acknowledged: the server keeps its session";
+            }
+            if !online || Instant::now() >= deadline {
+                let how = if online {
+                    "closed: its outbox did not drain in time; its BYE ends the session"
+                } else {
+                    "closed while offline (no connection to say BYE on); what it held is handed back"
+                };
+                main.close();
+                break how;
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        self.minter = None;
+        let resume = main.client.resume_state();
+        let session = resume.as_ref().map_or_else(|| "none yet".to_owned(), |state| state.session().to_string());
+        self.feed.note(format!("client {} {how} (its session: {session})", main.client.config().client_id()));
+        resume
+    }
+
     /// Stops the embedded server gracefully, if it runs.
     fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
@@ -378,10 +526,11 @@ impl Worker {
         self.tell_stream(StreamControl::Run(on));
     }
 
-    /// Binds the embedded server on its port and starts its application thread.
+    /// Binds the embedded server on its ports and starts its application thread.
     fn start_server(&mut self) {
         let authenticator: Arc<dyn pulsewire::auth::Authenticator> = self.authenticator.clone();
-        let config = match self.settings.server_config(self.port, Some(authenticator)) {
+        let tls = Some((self.tls_port, self.pki.server()));
+        let config = match self.settings.server_config(self.port, tls, Some(authenticator)) {
             Ok(config) => config,
             Err(error) => {
                 self.feed.send(Input::Server(ServerStatus::Failed(error.to_string())));
@@ -391,8 +540,9 @@ impl Worker {
         let (interval, max_missed, keep) = (config.interval(), config.max_missed(), config.keep());
         match block_on(Server::bind(config)) {
             Ok((server, events)) => {
-                let addr = server.local_addr();
+                let (addr, tls_addr) = (server.local_addr(), server.tls_addr());
                 self.port = addr.port();
+                self.tls_port = tls_addr.map_or(0, |addr| addr.port());
                 self.instance += 1;
                 let instance = self.instance;
                 let (ticks_tx, ticks) = async_mpsc::unbounded();
@@ -403,21 +553,36 @@ impl Worker {
                 self.server = Some(server);
                 self.last_online = None;
                 self.last_detached = None;
-                self.feed.send(Input::Server(ServerStatus::Running { addr, interval, max_missed, keep }));
+                self.feed.send(Input::Server(ServerStatus::Running { addr, tls_addr, interval, max_missed, keep }));
                 self.tell_stream(StreamControl::Server(Some(ticks_tx)));
                 self.point_relay();
             }
             Err(error) => {
-                let port = self.port;
-                self.feed.send(Input::Server(ServerStatus::Failed(format!("cannot listen on port {port}: {error}"))));
+                let (port, tls_port) = (self.port, self.tls_port);
+                let ports = format!("ports {port} and {tls_port} (TLS)");
+                self.feed.send(Input::Server(ServerStatus::Failed(format!("cannot listen on {ports}: {error}"))));
             }
         }
+    }
+
+    /// How the main client reaches its server: an external one in plaintext.
+    fn main_transport(&self) -> Transport {
+        match self.settings.target {
+            Target::Embedded => self.transport,
+            Target::External(_) => Transport::Plaintext,
+        }
+    }
+
+    /// The embedded server's listener for the main client's transport.
+    fn main_listener(&self) -> SocketAddr {
+        let port = if self.main_transport() == Transport::Plaintext { self.port } else { self.tls_port };
+        SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     /// Where the main client's server is, as an address the relay can connect to.
     fn upstream(&self) -> Result<SocketAddr, String> {
         match &self.settings.target {
-            Target::Embedded => Ok(SocketAddr::from(([127, 0, 0, 1], self.port))),
+            Target::Embedded => Ok(self.main_listener()),
             Target::External(addr) => addr
                 .to_socket_addrs()
                 .map_err(|error| format!("cannot resolve {addr}: {error}"))?
@@ -444,13 +609,15 @@ impl Worker {
 
     /// The address the main client connects to: the relay, or the server itself.
     fn client_target(&self) -> String {
-        match (&self.relay, self.settings.via_relay) {
-            (Some(relay), true) => relay.local_addr().to_string(),
-            _ => self.server_address(),
+        match (&self.relay, self.settings.via_relay, &self.settings.target) {
+            (Some(relay), true, _) => relay.local_addr().to_string(),
+            (_, _, Target::Embedded) => self.main_listener().to_string(),
+            (_, _, Target::External(addr)) => addr.clone(),
         }
     }
 
-    /// The server's own address, as the extra clients use it.
+    /// The server's own address (the embedded server's plaintext listener), as the extra
+    /// clients and the hijacker use it.
     fn server_address(&self) -> String {
         match &self.settings.target {
             Target::Embedded => SocketAddr::from(([127, 0, 0, 1], self.port)).to_string(),
@@ -458,13 +625,22 @@ impl Worker {
         }
     }
 
-    /// Starts a new main client, closing the one before.
-    fn connect(&mut self) {
+    /// Starts a new main client, closing the one before; it resumes `resume` if given.
+    fn connect(&mut self, resume: Option<ResumeState>) {
         self.close_client();
+        // The relay forwards new connections to the listener of the client's transport.
+        self.point_relay();
+        let transport = self.main_transport();
         let target = self.client_target();
         let generation = self.generation + 1;
         let id = self.settings.client_id.clone();
         let mut builder = self.settings.client_builder(&target, &id);
+        if let Transport::Tls(trust) = transport {
+            builder = builder.tls(self.pki.client(trust));
+        }
+        if let Some(state) = &resume {
+            builder = builder.resume(state.clone());
+        }
         // Tokens for the embedded server only: an external one cannot know the app's key.
         let minter = (self.settings.target == Target::Embedded).then(|| {
             let lifetime = self.settings.token_lifetime();
@@ -487,32 +663,58 @@ impl Worker {
         self.generation = generation;
         let via_relay = self.relay.is_some() && self.settings.via_relay;
         let subject = minter.as_ref().map(|_| SUBJECT.to_owned());
-        self.feed.send(Input::ClientStarted { generation, client_id: id, target, via_relay, subject });
+        // What the configuration says, not what was asked for.
+        let tls = match transport {
+            Transport::Tls(trust) if config.uses_tls() => Some(trust),
+            _ => None,
+        };
+        let resumes = resume.map(|state| state.session().to_string());
+        self.feed.send(Input::ClientStarted { generation, client_id: id, target, via_relay, subject, tls, resumes });
         self.minter = minter;
-        let (client, events) = Client::start(config);
+        let (client, events, driver) = Client::new(config);
+        let (stop, stopped) = oneshot::channel();
+        let driver = match thread::Builder::new().name("client-driver".into()).spawn(move || drive(driver, stopped)) {
+            Ok(thread) => Some(thread),
+            Err(error) => {
+                self.feed.note(format!("cannot start the client's driver thread: {error}"));
+                return;
+            }
+        };
         spawn(&self.feed, "client-events", {
             let feed = self.feed.clone();
             move || forward_client_events(events, generation, &feed)
         });
-        spawn(&self.feed, "client-probe", {
+        let (stop_probing, probing) = mpsc::channel();
+        let probe = thread::Builder::new().name("client-probe".into()).spawn({
             let (client, feed) = (client.clone(), self.feed.clone());
-            move || probe_loop(&client, generation, &feed)
+            move || probe_loop(&client, &probing, generation, &feed)
         });
+        let probe = probe.map_err(|error| self.feed.note(format!("cannot start the probe thread: {error}"))).ok();
         self.last_outbox = None;
         self.tell_stream(StreamControl::Client(Some((generation, client.clone()))));
-        self.client = Some(client);
+        self.client = Some(MainClient { client, stop: Some(stop), driver, stop_probing: Some(stop_probing), probe });
     }
 
     fn close_client(&mut self) {
-        if let Some(client) = self.client.take() {
-            block_on(client.close());
+        if let Some(mut main) = self.client.take() {
+            main.close();
             self.tell_stream(StreamControl::Client(None));
         }
         self.minter = None;
     }
 
+    /// Makes the stream thread let go of the main client, and waits until it has (it answers
+    /// between two sends; one waits at most while the client is online with a full outbox).
+    fn release_stream(&mut self) {
+        let Some(stream) = &self.stream else { return };
+        let (released, answer) = mpsc::channel();
+        if stream.control.send(StreamControl::Release(released)).is_ok() {
+            let _ = answer.recv_timeout(HANDOVER_PATIENCE);
+        }
+    }
+
     fn send(&self, text: String) {
-        let Some(client) = &self.client else {
+        let Some(MainClient { client, .. }) = &self.client else {
             self.feed.note("not sent: no client (press Connect)");
             return;
         };
@@ -585,7 +787,7 @@ impl Worker {
             != (&self.settings.client_id, &self.settings.target, self.settings.via_relay)
             || backoff(&before) != backoff(&self.settings);
         if client_changed && self.client.is_some() {
-            self.connect();
+            self.connect(None);
         } else if before.token_lifetime_s != self.settings.token_lifetime_s {
             if let Some(minter) = &self.minter {
                 minter.set_lifetime(self.settings.token_lifetime());
@@ -619,7 +821,7 @@ impl Worker {
                 self.last_detached = Some(detached);
             }
         }
-        if let Some(client) = &self.client {
+        if let Some(MainClient { client, .. }) = &self.client {
             let status = client.outbox();
             if self.last_outbox != Some(status) {
                 self.feed.send(Input::Outbox { generation: self.generation, status });
@@ -673,8 +875,8 @@ fn backoff(settings: &Settings) -> (u64, u64, f64, f64) {
 fn same_view(a: &[PeerInfo], b: &[PeerInfo]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(a, b)| {
-            (&a.id, a.addr, &a.session, a.connected_since, a.last_rtt, a.misses, &a.subject)
-                == (&b.id, b.addr, &b.session, b.connected_since, b.last_rtt, b.misses, &b.subject)
+            (&a.id, a.addr, &a.session, a.connected_since, a.last_rtt, a.misses, &a.subject, a.tls)
+                == (&b.id, b.addr, &b.session, b.connected_since, b.last_rtt, b.misses, &b.subject, b.tls)
         })
 }
 
@@ -733,10 +935,21 @@ fn forward_client_events(mut events: Events, generation: u64, feed: &Feed) {
     });
 }
 
-/// Probes the round trip every [`PROBE_EVERY`] while online, until the client is finished.
-fn probe_loop(client: &Client, generation: u64, feed: &Feed) {
+/// Runs a main client's driver until it ends (the client closed, gave up or was refused), or
+/// until `stop` resolves: then the driver is dropped where it stands, and with it every task
+/// and the connection, without `BYE`.
+fn drive(driver: Driver, stop: oneshot::Receiver<()>) {
+    block_on(future::select(driver, stop));
+}
+
+/// Probes the round trip every [`PROBE_EVERY`] while online, until the client is finished or
+/// `stop` is dropped.
+fn probe_loop(client: &Client, stop: &Receiver<()>, generation: u64, feed: &Feed) {
     while !client.is_finished() {
-        thread::sleep(PROBE_EVERY);
+        match stop.recv_timeout(PROBE_EVERY) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
         if matches!(client.state(), State::Online { .. }) {
             // Resolves when the answer comes or the connection ends, whichever is first.
             let result = block_on(client.probe());
@@ -751,6 +964,8 @@ enum StreamControl {
     Run(bool),
     /// The main client to stream from (none while there is no client).
     Client(Option<(u64, Client)>),
+    /// Let go of the main client, and say so once no send through it is under way.
+    Release(Sender<()>),
     /// The running embedded server's application thread, to be told when to send (none while
     /// no embedded server runs).
     Server(Option<async_mpsc::UnboundedSender<Tick>>),
@@ -807,6 +1022,10 @@ impl Pacer {
                         self.to = Some(client.config().client_id().clone());
                     }
                     self.client = client;
+                }
+                Ok(StreamControl::Release(released)) => {
+                    self.client = None;
+                    let _ = released.send(());
                 }
                 Ok(StreamControl::Server(server)) => self.server = server,
                 Err(RecvTimeoutError::Timeout) => {

@@ -21,6 +21,7 @@ use pulsewire::protocol::{ClientId, ErrorCode};
 use pulsewire::{Event, PeerInfo, ProbeError, ServerEvent};
 
 use crate::ledger::Sent;
+use crate::pki::Trust;
 use crate::relay::Blackhole;
 use crate::stream::Direction;
 
@@ -39,6 +40,10 @@ pub enum Input {
         via_relay: bool,
         /// The subject its tokens name (`None`: it sends no token, and is anonymous).
         subject: Option<String>,
+        /// The authority it trusts when its configuration says TLS (`None`: plaintext).
+        tls: Option<Trust>,
+        /// The session it carries over from the client before it, to resume.
+        resumes: Option<String>,
     },
     /// The main client's token provider minted a token.
     TokenMinted {
@@ -195,6 +200,8 @@ pub enum ServerStatus {
     Running {
         /// Where it listens.
         addr: SocketAddr,
+        /// Where it listens for TLS.
+        tls_addr: Option<SocketAddr>,
         /// Its pulse interval.
         interval: Duration,
         /// Its miss limit.

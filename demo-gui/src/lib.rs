@@ -8,6 +8,8 @@
 //! - [`backend`]: the worker that owns the embedded server, the fault relay and the clients;
 //! - [`auth`]: who the clients are: the embedded server's JWT key and authenticator, the main
 //!   client's token provider;
+//! - [`pki`]: the demo's certificates, made at start: a CA, the embedded server's certificate,
+//!   and the wrong CA of the TLS fault;
 //! - [`relay`]: the local TCP relay that black-holes bytes without closing anything;
 //! - [`stream`], [`ledger`], [`delivery`]: protocol 2's promises checked live — numbered
 //!   messages both ways, each message's outcome as its sender learns it, and what was lost
@@ -25,6 +27,7 @@ pub mod feed;
 pub mod history;
 pub mod ledger;
 pub mod model;
+pub mod pki;
 pub mod relay;
 pub mod settings;
 pub mod stream;

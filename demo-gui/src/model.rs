@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use pulsewire::core::{KeptSession, OutboxStatus};
 use pulsewire::protocol::ErrorCode;
-use pulsewire::{DisconnectReason, Event, PeerInfo, ProbeError, ServerEvent};
+use pulsewire::tls::TlsError;
+use pulsewire::{ConnectError, DisconnectReason, Event, Failure, PeerInfo, ProbeError, ServerEvent};
 
 use crate::delivery::Delivery;
 use crate::feed::{ExtraCounts, HijackOutcome, Input, ServerStatus, Stamped};
 use crate::history::{Series, WINDOW};
 use crate::ledger::{Outcome, Sent};
+use crate::pki::Trust;
 use crate::relay::Blackhole;
 use crate::stream::{self, Direction};
 use crate::words;
@@ -262,6 +264,59 @@ impl Hijack {
     }
 }
 
+/// The main client's transport security, as the window shows it: from its configuration, the
+/// last connect attempt and the server's online list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsView {
+    /// No client yet, or one whose configuration says plaintext.
+    Off,
+    /// TLS, online, and the server's online list says the peer came over TLS: the client has
+    /// verified the server's certificate against the authority it trusts.
+    Verified {
+        /// The authority.
+        trust: Trust,
+    },
+    /// TLS, and the last handshake failed.
+    Refused {
+        /// The authority the client trusts.
+        trust: Trust,
+        /// Why, as the SDK typed it.
+        error: TlsError,
+    },
+    /// TLS, not online yet (or not in the server's online list as a TLS peer yet).
+    Pending {
+        /// The authority the client trusts.
+        trust: Trust,
+    },
+}
+
+impl TlsView {
+    /// Whether the client's configuration says TLS.
+    pub fn on(&self) -> bool {
+        !matches!(self, TlsView::Off)
+    }
+
+    /// The authority the client trusts, when it uses TLS.
+    pub fn trust(&self) -> Option<Trust> {
+        match self {
+            TlsView::Off => None,
+            TlsView::Verified { trust } | TlsView::Refused { trust, .. } | TlsView::Pending { trust } => Some(*trust),
+        }
+    }
+
+    /// The identity line's words: `TLS: on (verified: pulsewire demo CA)`.
+    pub fn words(&self) -> String {
+        match self {
+            TlsView::Off => "TLS: off (plaintext)".to_owned(),
+            TlsView::Verified { trust } => format!("TLS: on (verified: {})", trust.ca_name()),
+            TlsView::Refused { trust, error } => {
+                format!("TLS: on, handshake refused: {error} (trusting {})", trust.ca_name())
+            }
+            TlsView::Pending { trust } => format!("TLS: on (trusting {}; not verified yet)", trust.ca_name()),
+        }
+    }
+}
+
 /// How many handshakes resumed a session and how many opened a fresh one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Connects {
@@ -338,6 +393,10 @@ pub struct Model {
     delivery: Delivery,
     /// The subject the main client's tokens name (`None`: it sends none).
     client_subject: Option<String>,
+    /// The authority the main client trusts, when its configuration says TLS.
+    client_tls: Option<Trust>,
+    /// Why the main client's last TLS handshake failed (cleared when it connects).
+    tls_refusal: Option<TlsError>,
     token: Option<TokenInfo>,
     renewal: Option<Renewal>,
     renewals: u32,
@@ -383,6 +442,8 @@ impl Model {
             streaming: false,
             delivery: Delivery::default(),
             client_subject: None,
+            client_tls: None,
+            tls_refusal: None,
             token: None,
             renewal: None,
             renewals: 0,
@@ -394,9 +455,11 @@ impl Model {
     pub fn apply(&mut self, stamped: Stamped) {
         let Stamped { at, input } = stamped;
         match input {
-            Input::ClientStarted { generation, client_id, target, via_relay, subject } => {
+            Input::ClientStarted { generation, client_id, target, via_relay, subject, tls, resumes } => {
                 self.generation = Some(generation);
                 self.client_subject = subject;
+                self.client_tls = tls;
+                self.tls_refusal = None;
                 self.token = None;
                 self.renewal = None;
                 self.renewals = 0;
@@ -411,11 +474,20 @@ impl Model {
                 self.outbox = None;
                 self.delivery.forget_settled_clients(generation);
                 let route = if via_relay { " through the fault relay" } else { "" };
+                let security = match tls {
+                    Some(trust) => format!(" over TLS, trusting {}", trust.ca_name()),
+                    None => " in plaintext".to_owned(),
+                };
                 let login = match &self.client_subject {
                     Some(subject) => format!(", logs in as {subject} with tokens from its provider"),
                     None => ", sends no token (anonymous)".to_owned(),
                 };
-                self.note(at, Source::App, format!("client {client_id} started: connects to {target}{route}{login}"));
+                let carried = resumes.map(|session| format!(", to resume session {session}")).unwrap_or_default();
+                self.note(
+                    at,
+                    Source::App,
+                    format!("client {client_id} started: connects to {target}{route}{security}{login}{carried}"),
+                );
             }
             Input::Client { generation, event } => self.client_event(at, generation, event),
             Input::ClientSent { generation, ticket, sent } => {
@@ -581,6 +653,7 @@ impl Model {
                 }
                 self.conn = Conn::Online;
                 self.misses = 0;
+                self.tls_refusal = None;
                 self.session = Some(session.to_string());
                 self.cadence = Some(Cadence { interval, max_missed });
                 self.connected_at = Some(at);
@@ -633,6 +706,9 @@ impl Model {
                 format!("disconnected: {reason}")
             }
             Event::BackingOff { attempt, delay, elapsed, last_error } => {
+                if let Some(Failure::Connect(ConnectError::Tls(error))) = &last_error {
+                    self.tls_refusal = Some(error.clone());
+                }
                 let error_words = last_error.as_ref().map(words::failure);
                 self.conn = Conn::BackingOff { attempt, delay, retry_at: at + delay, last_error: error_words.clone() };
                 let last = last_error.map(|error| format!("; last error: {error}")).unwrap_or_default();
@@ -660,9 +736,10 @@ impl Model {
 
     fn server_status(&mut self, at: Instant, status: ServerStatus) {
         let line = match &status {
-            ServerStatus::Running { addr, interval, max_missed, keep } => format!(
-                "embedded server listening on {addr}: pulse every {} ms, evict after {max_missed} missed, keep \
+            ServerStatus::Running { addr, tls_addr, interval, max_missed, keep } => format!(
+                "embedded server listening on {addr}{}: pulse every {} ms, evict after {max_missed} missed, keep \
                  sessions {}",
+                tls_addr.map(|tls| format!(" and for TLS on {tls}")).unwrap_or_default(),
                 interval.as_millis(),
                 words::seconds(keep)
             ),
@@ -1000,6 +1077,18 @@ impl Model {
         }
     }
 
+    /// The main client's transport security: what its configuration says, verified when it is
+    /// online and the server's online list says it came over TLS.
+    pub fn tls(&self) -> TlsView {
+        let Some(trust) = self.client_tls else { return TlsView::Off };
+        let listed_tls = self.own_peer().is_some_and(|peer| peer.tls);
+        match &self.tls_refusal {
+            _ if self.session.is_some() && listed_tls => TlsView::Verified { trust },
+            Some(error) => TlsView::Refused { trust, error: error.clone() },
+            None => TlsView::Pending { trust },
+        }
+    }
+
     /// Whether the main client logs in with tokens from the app's provider.
     pub fn logs_in(&self) -> bool {
         self.client_subject.is_some()
@@ -1113,6 +1202,8 @@ mod tests {
                 target: "127.0.0.1:9".into(),
                 via_relay: true,
                 subject: None,
+                tls: None,
+                resumes: None,
             });
             script
         }
@@ -1156,6 +1247,7 @@ mod tests {
             last_rtt: rtt.map(ms),
             misses: 0,
             subject: None,
+            tls: false,
         }
     }
 
@@ -1246,6 +1338,8 @@ mod tests {
             target: "127.0.0.1:9".into(),
             via_relay: false,
             subject: None,
+            tls: None,
+            resumes: None,
         });
         script.event(Event::Closed { reason: CloseReason::Application }); // generation 1
         assert_eq!(script.model.phase(), Phase::Offline, "the old client's close is not this one's");
@@ -1462,6 +1556,8 @@ mod tests {
             target: "x:1".into(),
             via_relay: true,
             subject: None,
+            tls: None,
+            resumes: None,
         });
         assert_eq!(script.model.outbox(), None);
     }
@@ -1487,6 +1583,8 @@ mod tests {
             target: "127.0.0.1:9".into(),
             via_relay: true,
             subject: Some("alice".into()),
+            tls: None,
+            resumes: None,
         });
     }
 
@@ -1589,6 +1687,73 @@ mod tests {
         minted(&mut script, 1, 1000);
         script.event(Event::Connected { session: session("s2"), resumed: false, interval: ms(1000), max_missed: 3 });
         assert!(!script.model.renewal().is_some_and(Renewal::resumed_the_same_session));
+    }
+
+    fn tls_started(script: &mut Script, trust: Trust) {
+        script.input(Input::ClientStarted {
+            generation: 1,
+            client_id: "desk".into(),
+            target: "127.0.0.1:9".into(),
+            via_relay: true,
+            subject: Some("alice".into()),
+            tls: Some(trust),
+            resumes: Some("s1".into()),
+        });
+    }
+
+    fn peer_over(tls: bool) -> PeerInfo {
+        PeerInfo { tls, ..peer("desk", None) }
+    }
+
+    #[test]
+    fn tls_is_verified_only_online_and_listed_by_the_server_as_tls() {
+        let mut script = Script::new();
+        assert_eq!(script.model.tls(), TlsView::Off);
+        assert_eq!(script.model.tls().words(), "TLS: off (plaintext)");
+        tls_started(&mut script, Trust::DemoCa);
+        assert!(script.model.log().any(|line| line.text.ends_with(
+            "connects to 127.0.0.1:9 through the fault relay \
+             in plaintext, sends no token (anonymous)"
+        )));
+        let started = "over TLS, trusting pulsewire demo CA, logs in as alice with tokens from its provider, to \
+                       resume session s1";
+        assert!(script.model.log().any(|line| line.text.ends_with(started)), "{}", script.model.log_text());
+        assert_eq!(script.model.tls(), TlsView::Pending { trust: Trust::DemoCa });
+        script.connected();
+        assert_eq!(script.model.tls(), TlsView::Pending { trust: Trust::DemoCa }, "not in the online list yet");
+        script.input(Input::Online(vec![peer_over(false)]));
+        assert_eq!(script.model.tls(), TlsView::Pending { trust: Trust::DemoCa }, "the server says plaintext");
+        script.input(Input::Online(vec![peer_over(true)]));
+        assert_eq!(script.model.tls(), TlsView::Verified { trust: Trust::DemoCa });
+        assert_eq!(script.model.tls().words(), "TLS: on (verified: pulsewire demo CA)");
+        script.event(Event::Disconnected { reason: DisconnectReason::Eof });
+        assert_eq!(script.model.tls(), TlsView::Pending { trust: Trust::DemoCa }, "offline: nothing verified");
+    }
+
+    #[test]
+    fn a_refused_handshake_shows_the_typed_tls_error_until_the_client_connects() {
+        let mut script = Script::new();
+        tls_started(&mut script, Trust::WrongCa);
+        let refused = Failure::Connect(ConnectError::Tls(TlsError::UnknownIssuer));
+        script.event(Event::BackingOff { attempt: 2, delay: ms(300), elapsed: ms(5), last_error: Some(refused) });
+        let error = TlsError::UnknownIssuer;
+        assert_eq!(script.model.tls(), TlsView::Refused { trust: Trust::WrongCa, error });
+        assert_eq!(
+            script.model.tls().words(),
+            "TLS: on, handshake refused: the server's certificate is signed by an unknown authority (trusting \
+             another demo CA)"
+        );
+        let retry = script.model.retry(script.now).expect("backing off");
+        assert!(retry.last_error.is_some_and(|words| words.starts_with("TLS refused: ")));
+        assert!(script.model.log().any(|line| line
+            .text
+            .ends_with("last error: the server's certificate is signed by an unknown authority)")));
+
+        tls_started(&mut script, Trust::DemoCa);
+        assert_eq!(script.model.tls(), TlsView::Pending { trust: Trust::DemoCa }, "a new client, no refusal yet");
+        script.input(Input::Online(vec![peer_over(true)]));
+        script.connected();
+        assert_eq!(script.model.tls(), TlsView::Verified { trust: Trust::DemoCa });
     }
 
     #[test]

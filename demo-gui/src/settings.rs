@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pulsewire::auth::Authenticator;
+use pulsewire::tls::ServerTls;
 use pulsewire::{ClientConfig, ClientConfigBuilder, ConfigError, ServerConfig};
 
 use crate::auth::AUTH_GRACE;
@@ -69,10 +70,12 @@ impl Default for Settings {
 
 impl Settings {
     /// The embedded server's configuration, listening on 127.0.0.1 at `port` (0: any free),
-    /// requiring a login from `authenticator` (with a grace of [`AUTH_GRACE`]) when given.
+    /// and for TLS at the port given with its certificate (0: any free), requiring a login
+    /// from `authenticator` (with a grace of [`AUTH_GRACE`]) when given.
     pub fn server_config(
         &self,
         port: u16,
+        tls: Option<(u16, ServerTls)>,
         authenticator: Option<Arc<dyn Authenticator>>,
     ) -> Result<ServerConfig, ConfigError> {
         let mut builder = ServerConfig::builder()
@@ -80,6 +83,9 @@ impl Settings {
             .interval(Duration::from_millis(self.interval_ms))
             .max_missed(self.max_missed)
             .keep(Duration::from_secs(self.keep_s));
+        if let Some((tls_port, tls)) = tls {
+            builder = builder.tls(SocketAddr::from(([127, 0, 0, 1], tls_port)), tls);
+        }
         if let Some(authenticator) = authenticator {
             builder = builder.authenticator(authenticator).auth_grace(AUTH_GRACE);
         }
@@ -104,7 +110,7 @@ impl Settings {
     /// Checks everything the way the SDK will, so that Apply can refuse with a precise
     /// message instead of failing later in the background.
     pub fn validate(&self) -> Result<(), String> {
-        self.server_config(0, None).map_err(|error| format!("server: {error}"))?;
+        self.server_config(0, None, None).map_err(|error| format!("server: {error}"))?;
         let server = match &self.target {
             Target::Embedded => "127.0.0.1:1",
             Target::External(addr) => addr.as_str(),
@@ -158,9 +164,17 @@ mod tests {
     #[test]
     fn the_keep_setting_reaches_the_server() {
         let settings = Settings { keep_s: 7, ..Settings::default() };
-        let config = settings.server_config(0, None).expect("valid");
+        let config = settings.server_config(0, None, None).expect("valid");
         assert_eq!(config.keep(), Duration::from_secs(7));
-        assert_eq!(Settings::default().server_config(0, None).expect("valid").keep(), Duration::from_secs(120));
+        assert_eq!(Settings::default().server_config(0, None, None).expect("valid").keep(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn the_embedded_server_listens_for_tls_beside_plaintext_when_given_a_certificate() {
+        let pki = crate::pki::DemoPki::generate().expect("certificates");
+        let config = Settings::default().server_config(7000, Some((7001, pki.server())), None).expect("valid");
+        assert_eq!(config.tls_listen(), Some(SocketAddr::from(([127, 0, 0, 1], 7001))));
+        assert_eq!(Settings::default().server_config(0, None, None).expect("valid").tls_listen(), None);
     }
 
     #[test]
@@ -168,8 +182,8 @@ mod tests {
         let key = crate::auth::SigningKey::random().expect("random bytes");
         let (feed, _inbox) = crate::feed::channel(Arc::new(|_| {}));
         let authenticator = Arc::new(crate::auth::DemoJwt::new(&key, feed));
-        assert!(Settings::default().server_config(0, Some(authenticator)).expect("valid").requires_auth());
-        assert!(!Settings::default().server_config(0, None).expect("valid").requires_auth());
+        assert!(Settings::default().server_config(0, None, Some(authenticator)).expect("valid").requires_auth());
+        assert!(!Settings::default().server_config(0, None, None).expect("valid").requires_auth());
         let forever = Settings { token_lifetime_s: 0, ..Settings::default() };
         assert!(forever.validate().expect_err("refused").contains("token lifetime"));
     }

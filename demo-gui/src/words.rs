@@ -2,6 +2,7 @@
 //! reason, without knowing the protocol. The SDK's own `Display` stays in the event log.
 
 use pulsewire::protocol::ErrorCode;
+use pulsewire::tls::TlsError;
 use pulsewire::{CloseReason, ConnectError, DisconnectReason, Failure, OfflineReason};
 
 /// Why the connection ended, for the headline.
@@ -54,8 +55,21 @@ pub fn connect(error: &ConnectError) -> String {
         }
         ConnectError::Rejected { code, text } => format!("the server refused ({code}: {text})"),
         ConnectError::Protocol(violation) => format!("the server answered nonsense ({violation})"),
+        ConnectError::Tls(error) => tls(error),
         other => other.to_string(),
     }
+}
+
+/// Why a TLS handshake failed: the SDK's words, and what they mean here.
+pub fn tls(error: &TlsError) -> String {
+    let meaning = match error {
+        TlsError::UnknownIssuer => "this client does not trust the CA that signed it",
+        TlsError::WrongName { .. } => "the certificate names another server",
+        TlsError::Expired | TlsError::NotYetValid => "check the clocks, or renew the certificate",
+        TlsError::NotTls => "the client reached a plaintext listener",
+        _ => "the handshake failed, so no HELLO was sent",
+    };
+    format!("TLS refused: {error} ({meaning})")
 }
 
 /// What went wrong last before a retry.
@@ -136,6 +150,17 @@ mod tests {
         assert_eq!(offline(&OfflineReason::AuthExpired), "its credential expired");
         let refused = close(&CloseReason::Rejected { code: ErrorCode::Forbidden, text: "x".into() });
         assert!(refused.contains("held by another subject"), "{refused}");
+    }
+
+    #[test]
+    fn a_refused_certificate_keeps_the_sdks_words_and_says_what_they_mean() {
+        let words = connect(&ConnectError::Tls(TlsError::UnknownIssuer));
+        assert_eq!(
+            words,
+            "TLS refused: the server's certificate is signed by an unknown authority (this client does not trust \
+             the CA that signed it)"
+        );
+        assert!(tls(&TlsError::NotTls).ends_with("(the client reached a plaintext listener)"));
     }
 
     #[test]

@@ -1,19 +1,22 @@
 //! The backend without a window: commands in, the model's view out, against real servers on
 //! loopback. These cover what the UI tests do not click: applying settings, pointing the
 //! client at an external server, a kept session that runs out while the stream runs, tokens
-//! that expire on their own, and the hijack fault seen from the model.
+//! that expire on their own, the hijack fault seen from the model, and the TLS switch without
+//! the relay and the wrong-CA fault healed by Restore all.
 
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use demo_gui::backend::{Backend, Command};
+use demo_gui::backend::{Backend, Command, Transport};
 use demo_gui::feed::{self, HijackOutcome, Inbox, ServerStatus};
-use demo_gui::model::{Cadence, Model, Phase};
+use demo_gui::model::{Cadence, Model, Phase, TlsView};
+use demo_gui::pki::Trust;
 use demo_gui::relay::Blackhole;
 use demo_gui::stream::Direction;
 use demo_gui::{Settings, Target};
 use pulsewire::protocol::ErrorCode;
+use pulsewire::tls::TlsError;
 use pulsewire::{Server, ServerConfig};
 
 /// A running backend and the model it feeds.
@@ -105,6 +108,11 @@ fn the_client_can_be_pointed_at_an_external_server_through_the_relay() {
     // No token to a server that cannot know the app's key: anonymous, and no identity fault.
     assert_eq!(watch.model.subject(), Some("anonymous"));
     assert_eq!((watch.model.tokens_minted(), watch.model.token()), (0, None));
+    // Nor TLS: the app knows no certificate of an external server's.
+    assert_eq!(watch.model.tls(), TlsView::Off);
+    assert!(watch.model.own_peer().is_none(), "the embedded server's list does not show the external one's peers");
+    watch.backend.send(Command::SetTransport(Transport::Tls(Trust::DemoCa)));
+    watch.until("the TLS switch refused", |model| model.log_text().contains("no TLS switch: only the embedded server"));
     watch.backend.send(Command::Hijack);
     watch.until("the hijack refused for want of the embedded server", |model| {
         model.log_text().contains("no hijack: it needs the embedded server running")
@@ -210,4 +218,58 @@ fn a_hijack_is_refused_as_forbidden_and_the_victim_keeps_its_session_and_its_sub
     assert_eq!(peer.subject.as_ref().map(|subject| subject.as_str()), Some("alice"));
     assert_eq!(Some(peer.session.to_string()), session);
     assert_eq!(watch.model.disconnects(), 0);
+}
+
+/// The embedded server's two listeners, as the model shows them.
+fn listeners(model: &Model) -> Option<(String, String)> {
+    match model.server() {
+        ServerStatus::Running { addr, tls_addr: Some(tls_addr), .. } => Some((addr.to_string(), tls_addr.to_string())),
+        _ => None,
+    }
+}
+
+#[test]
+fn without_the_relay_the_client_reaches_the_tls_listener_itself_and_the_switch_keeps_its_session() {
+    let mut watch = Watch::start(fast());
+    watch.until("online over TLS", |model| model.phase() == Phase::Online && model.own_peer().is_some_and(|p| p.tls));
+    watch.backend.send(Command::Apply(Settings { via_relay: false, ..fast() }));
+    watch.until("online again, not through the relay", |model| {
+        model.phase() == Phase::Online && model.client().is_some_and(|(_, _, via_relay)| !via_relay)
+    });
+    let (plain, tls) = listeners(&watch.model).expect("both listeners");
+    assert_eq!(watch.model.client().map(|(_, target, _)| target.to_owned()), Some(tls), "the TLS listener");
+    watch.until("verified", |model| matches!(model.tls(), TlsView::Verified { trust: Trust::DemoCa }));
+    let session = watch.model.session().map(str::to_owned).expect("online");
+    let resumed = watch.model.connects().resumed;
+
+    watch.backend.send(Command::SetTransport(Transport::Plaintext));
+    watch.until("online in plaintext, the session resumed", |model| {
+        model.phase() == Phase::Online
+            && model.connects().resumed > resumed
+            && model.own_peer().is_some_and(|peer| !peer.tls)
+    });
+    assert_eq!(watch.model.client().map(|(_, target, _)| target.to_owned()), Some(plain), "the plaintext listener");
+    assert_eq!(watch.model.tls(), TlsView::Off);
+    assert_eq!(watch.model.session(), Some(session.as_str()));
+    assert_eq!(watch.model.own_peer().map(|peer| peer.session.to_string()), Some(session));
+}
+
+#[test]
+fn restore_all_heals_the_wrong_ca_fault_and_the_session_resumes() {
+    let mut watch = Watch::start(fast());
+    watch.until("verified", |model| matches!(model.tls(), TlsView::Verified { trust: Trust::DemoCa }));
+    let session = watch.model.session().map(str::to_owned).expect("online");
+    watch.backend.send(Command::SetTransport(Transport::Tls(Trust::WrongCa)));
+    watch.until("the handshake refused: unknown issuer", |model| {
+        model.tls() == TlsView::Refused { trust: Trust::WrongCa, error: TlsError::UnknownIssuer }
+    });
+    watch.until("the session kept detached", |model| model.detached(Instant::now()).len() == 1);
+
+    watch.backend.send(Command::RestoreAll);
+    watch.until("verified again, the session resumed", |model| {
+        matches!(model.tls(), TlsView::Verified { trust: Trust::DemoCa })
+            && model.last_connect().is_some_and(|last| last.resumed)
+    });
+    assert_eq!(watch.model.session(), Some(session.as_str()), "{}", watch.model.log_text());
+    assert_eq!(watch.model.connects().fresh, 1);
 }

@@ -10,9 +10,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use demo_gui::model::Phase;
+use demo_gui::model::TlsView;
+use demo_gui::pki::Trust;
 use demo_gui::stream::Direction;
 use demo_gui::{DemoApp, Settings};
 use eframe::egui;
+use eframe::egui::accesskit::Role;
 use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 
@@ -178,6 +181,22 @@ fn click(harness: &mut Harness<'static, DemoApp>, button: &str) -> Instant {
     harness.run_ok();
     at
 }
+
+/// Clicks the button `label` (a label of the same text elsewhere does not count).
+fn click_button(harness: &mut Harness<'static, DemoApp>, label: &str) -> Instant {
+    let at = Instant::now();
+    harness.get_by_role_and_label(Role::Button, label).click();
+    harness.run_ok();
+    at
+}
+
+/// How many peers the online list marks as on TLS and as plaintext.
+fn transports(harness: &Harness<'static, DemoApp>) -> (usize, usize) {
+    let marked = |text| harness.query_all_by_role_and_label(Role::Label, text).count();
+    (marked("TLS"), marked("plain"))
+}
+
+const VERIFIED: &str = "TLS: on (verified: pulsewire demo CA)";
 
 #[test]
 fn killing_the_server_shows_backing_off_until_a_restart_brings_the_client_back_online() {
@@ -413,7 +432,7 @@ fn a_hijack_with_another_subjects_token_is_refused_and_the_victim_stays_online_i
     let mut harness = harness();
     wait_for_label(&mut harness, "Online");
     wait_for_label(&mut harness, "Subject: alice");
-    wait_for_label(&mut harness, "TLS: off (plaintext)");
+    wait_for_label(&mut harness, VERIFIED);
     let session = headline_session(&harness).expect("a session while online");
     let disconnects = harness.state().model().disconnects();
 
@@ -466,4 +485,83 @@ fn an_expired_token_is_renewed_and_the_session_resumes_with_nothing_lost_either_
     let connects = harness.state().model().connects();
     assert_eq!(connects.fresh, 1, "only the first connect opened a session: {connects:?}");
     assert!(harness.state().model().renewals() >= 1);
+}
+
+#[test]
+fn the_client_is_on_tls_by_default_and_the_tls_switch_moves_it_to_plaintext_and_back_resuming_its_session() {
+    let _turn = turn();
+    let mut harness = harness();
+    wait_for_label(&mut harness, "Online");
+    wait_for_label(&mut harness, VERIFIED);
+    wait_until(&mut harness, "the online list marking the client as on TLS", |harness| transports(harness) == (1, 0));
+    let session = headline_session(&harness).expect("a session while online");
+    click(&mut harness, "Stream");
+    let before = wait_for_received(&mut harness, "stream messages arriving both ways", (10, 10));
+
+    click_button(&mut harness, "TLS");
+    wait_until(&mut harness, "plaintext, online again in the same session", |harness| {
+        let model = harness.state().model();
+        harness.query_by_label("TLS: off (plaintext)").is_some()
+            && model.phase() == Phase::Online
+            && model.connects().resumed == 1
+            && transports(harness) == (0, 1)
+    });
+    assert_eq!(headline_session(&harness).as_deref(), Some(session.as_str()), "{}", report(&harness));
+    assert!(harness.state().model().log_text().contains("stopped without BYE"), "{}", report(&harness));
+    let middle = wait_for_received(&mut harness, "the stream flowing in plaintext", (before.0 + 20, before.1 + 20));
+
+    click_button(&mut harness, "TLS");
+    wait_until(&mut harness, "TLS again, online in the same session", |harness| {
+        let model = harness.state().model();
+        harness.query_by_label(VERIFIED).is_some() && model.connects().resumed == 2 && transports(harness) == (1, 0)
+    });
+    assert_eq!(headline_session(&harness).as_deref(), Some(session.as_str()), "{}", report(&harness));
+    wait_for_received(&mut harness, "the stream flowing over TLS again", (middle.0 + 20, middle.1 + 20));
+
+    stop_stream_and_settle(&mut harness);
+    assert_nothing_lost_or_duplicated(&harness);
+    for direction in Direction::BOTH {
+        let line = stream_line(&harness, direction).expect("shown");
+        assert_eq!(count(&line, "sent"), count(&line, "received"), "every number arrived: {line}");
+    }
+    let connects = harness.state().model().connects();
+    assert_eq!(connects.fresh, 1, "only the first connect opened a session: {connects:?}");
+    assert_eq!(harness.state().model().disconnects(), 0, "a handover is no disconnect: {}", report(&harness));
+}
+
+#[test]
+fn a_client_trusting_the_wrong_ca_is_refused_with_a_typed_error_and_backs_off_until_trust_is_restored() {
+    let _turn = turn();
+    let mut harness = harness();
+    wait_for_label(&mut harness, "Online");
+    wait_for_label(&mut harness, VERIFIED);
+    let session = headline_session(&harness).expect("a session while online");
+
+    let wrong = click(&mut harness, "Wrong CA");
+    let refused = "TLS: on, handshake refused: the server's certificate is signed by an unknown authority (trusting \
+                   another demo CA)";
+    wait_for_label(&mut harness, refused);
+    wait_for_phase(&mut harness, Phase::BackingOff, wrong);
+    // The client keeps trying, and every attempt is refused in the same typed words.
+    let typed = "last error: the server's certificate is signed by an unknown authority";
+    wait_until(&mut harness, "three refused attempts in the event log", |harness| {
+        harness.state().model().log_text().matches(typed).count() >= 3
+    });
+    assert!(harness.state().model().log_text().contains("before attempt 3"), "{}", report(&harness));
+    // Never online meanwhile: the server keeps the session detached for it.
+    wait_for_label(&mut harness, "1 detached");
+    wait_for_label(&mut harness, "0 online");
+    let model = harness.state().model();
+    assert_eq!(model.tls().trust(), Some(Trust::WrongCa));
+    assert_eq!(model.connects().resumed, 0, "no handshake got through: {}", report(&harness));
+
+    click(&mut harness, "Wrong CA");
+    wait_until(&mut harness, "trusting the demo CA again, online in the same session", |harness| {
+        let model = harness.state().model();
+        harness.query_by_label(VERIFIED).is_some() && model.phase() == Phase::Online && model.connects().resumed == 1
+    });
+    assert_eq!(headline_session(&harness).as_deref(), Some(session.as_str()), "{}", report(&harness));
+    assert!(matches!(harness.state().model().tls(), TlsView::Verified { trust: Trust::DemoCa }));
+    wait_for_label(&mut harness, "0 detached");
+    wait_until(&mut harness, "the online list marking it as on TLS", |harness| transports(harness) == (1, 0));
 }

@@ -5,9 +5,10 @@ use eframe::egui::{self, RichText};
 
 use super::Form;
 use crate::auth::{AUTH_GRACE, CUT_SHORT_TO, HIJACKER, SUBJECT};
-use crate::backend::Command;
+use crate::backend::{Command, Transport};
 use crate::feed::ServerStatus;
 use crate::model::Model;
+use crate::pki::{Trust, DEMO_CA, WRONG_CA};
 use crate::relay::Blackhole;
 use crate::settings::Target;
 use crate::stream;
@@ -38,6 +39,7 @@ fn server(ui: &mut egui::Ui, model: &Model, commands: &mut Vec<Command>) {
     heading(ui, "Embedded server");
     let running = matches!(model.server(), ServerStatus::Running { .. });
     ui.label(match model.server() {
+        ServerStatus::Running { addr, tls_addr: Some(tls_addr), .. } => format!("Running on {addr}, TLS on {tls_addr}"),
         ServerStatus::Running { addr, .. } => format!("Running on {addr}"),
         ServerStatus::Stopped => "Stopped".to_owned(),
         ServerStatus::Killed => "Killed".to_owned(),
@@ -75,6 +77,32 @@ fn client(ui: &mut egui::Ui, model: &Model, form: &mut Form, commands: &mut Vec<
         }
     });
     streaming(ui, model, commands);
+    transport(ui, model, commands);
+}
+
+/// The TLS switch: the client is restarted over the server's other listener and resumes its
+/// session.
+fn transport(ui: &mut egui::Ui, model: &Model, commands: &mut Vec<Command>) {
+    let on = model.tls().on();
+    // Only the embedded server has the demo certificate.
+    let possible = model.logs_in() && matches!(model.server(), ServerStatus::Running { tls_addr: Some(_), .. });
+    ui.horizontal(|ui| {
+        let hover = format!(
+            "Restart the client over the server's {} listener. It hands its session over: once everything it \
+             sent is acknowledged it stops without BYE, and the new client resumes the session, nothing lost. \
+             Over TLS it trusts only {DEMO_CA}, made at start with the server's certificate.",
+            if on { "plaintext" } else { "TLS" }
+        );
+        let response = ui.add_enabled(possible, egui::Button::new("TLS").selected(on)).on_hover_text(hover);
+        if response.clicked() {
+            commands.push(Command::SetTransport(if on { Transport::Plaintext } else { Transport::default() }));
+        }
+        if on {
+            ui.colored_label(ui.visuals().warn_fg_color, "on: the TLS listener");
+        } else {
+            ui.label(RichText::new("off: the plaintext listener").weak());
+        }
+    });
 }
 
 /// The stream switch: numbered messages both ways, checked by their receivers.
@@ -177,8 +205,25 @@ fn faults(ui: &mut egui::Ui, model: &Model, commands: &mut Vec<Command>) {
             commands.push(Command::ExpireToken);
         }
     });
+    let wrong_ca = model.tls().trust() == Some(Trust::WrongCa);
+    ui.horizontal(|ui| {
+        let hover = format!(
+            "Restart the client over TLS trusting {WRONG_CA} instead of {DEMO_CA} (it hands its session over \
+             as the TLS switch does): every handshake fails with a typed error, the server's certificate signed \
+             by an unknown authority, and the client backs off while the server keeps its session. Click again \
+             (or Restore all) to trust {DEMO_CA}: the session resumes."
+        );
+        let response = ui.add_enabled(logs_in, egui::Button::new("Wrong CA").selected(wrong_ca)).on_hover_text(hover);
+        if response.clicked() {
+            let trust = if wrong_ca { Trust::DemoCa } else { Trust::WrongCa };
+            commands.push(Command::SetTransport(Transport::Tls(trust)));
+        }
+        if wrong_ca {
+            ui.colored_label(ui.visuals().warn_fg_color, "active: click to restore");
+        }
+    });
     if !logs_in {
-        ui.label(RichText::new("The client does not log in to the embedded server: no identity faults.").weak());
+        ui.label(RichText::new("The client does not log in to the embedded server: no identity or TLS faults.").weak());
     }
 }
 

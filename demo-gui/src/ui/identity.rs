@@ -7,7 +7,8 @@ use eframe::egui::{self, RichText};
 
 use crate::auth::AUTH_GRACE;
 use crate::feed::HijackOutcome;
-use crate::model::{hijack_words, victim_words, Model};
+use crate::model::{hijack_words, victim_words, Model, TlsView};
+use crate::pki::{Trust, DEMO_CA, SERVER_NAMES};
 use crate::words;
 
 const GOOD: egui::Color32 = egui::Color32::from_rgb(46, 204, 113);
@@ -29,10 +30,7 @@ pub fn show(ui: &mut egui::Ui, model: &Model, now: Instant) {
              time the server ended the connection with auth-expired.",
         );
         ui.separator();
-        ui.label("TLS: off (plaintext)").on_hover_text(
-            "pulsewire has no TLS yet: HELLO and its token travel in plaintext, which the server accepts from \
-             loopback only.",
-        );
+        tls(ui, model);
     });
     if model.renewal().is_some() || model.hijack().is_some() {
         ui.horizontal_wrapped(|ui| {
@@ -61,6 +59,46 @@ fn token(ui: &mut egui::Ui, model: &Model, now: Instant) {
         token.subject,
         words::seconds(&token.lifetime),
     ));
+}
+
+/// The transport's security, from the client's configuration, its last handshake and the
+/// server's online list.
+fn tls(ui: &mut egui::Ui, model: &Model) {
+    let view = model.tls();
+    let names = SERVER_NAMES.join(" and ");
+    let (text, hover) = match &view {
+        TlsView::Off => (
+            RichText::new(view.words()),
+            "The client connects to the server's plaintext listener: HELLO and its token travel readable by \
+             anyone on the path, which the server accepts from loopback only. Click TLS (under Client) to \
+             switch."
+                .to_owned(),
+        ),
+        TlsView::Verified { trust } => (
+            RichText::new(view.words()).color(GOOD),
+            format!(
+                "The client trusts only {ca}, made when the app started, and checked the server's certificate \
+                 (made out to {names}, signed by {ca}) against the address it connects to. The server's online \
+                 list says this peer came over TLS (PeerInfo.tls).",
+                ca = trust.ca_name()
+            ),
+        ),
+        TlsView::Refused { trust, error } => (
+            RichText::new(view.words()).color(ui.visuals().error_fg_color),
+            format!(
+                "Every handshake fails before HELLO ({}), and the client backs off and tries again. The server's \
+                 certificate is signed by {DEMO_CA}; this client trusts {} only{}.",
+                words::tls(error),
+                trust.ca_name(),
+                if *trust == Trust::WrongCa { " (the wrong-CA fault: click Wrong CA again to heal)" } else { "" }
+            ),
+        ),
+        TlsView::Pending { trust } => (
+            RichText::new(view.words()),
+            format!("The client connects over TLS, trusting {}; not online over it yet.", trust.ca_name()),
+        ),
+    };
+    ui.label(text).on_hover_text(hover);
 }
 
 fn renewal(ui: &mut egui::Ui, model: &Model, now: Instant) {

@@ -13,8 +13,9 @@ use crate::words;
 pub fn server_panel(ui: &mut egui::Ui, model: &Model, now: Instant) {
     ui.label(RichText::new("Server: online list").heading().size(17.0));
     match model.server() {
-        ServerStatus::Running { addr, interval, max_missed, .. } => {
-            ui.label(format!("{addr}, pulse every {} ms, evicts after {max_missed} missed", interval.as_millis()))
+        ServerStatus::Running { addr, tls_addr, interval, max_missed, .. } => {
+            let tls = tls_addr.map(|tls| format!(" (TLS {tls})")).unwrap_or_default();
+            ui.label(format!("{addr}{tls}, pulse every {} ms, evicts after {max_missed} missed", interval.as_millis()))
         }
         ServerStatus::Stopped => ui.label("stopped"),
         ServerStatus::Killed => ui.label("killed"),
@@ -35,13 +36,20 @@ pub fn server_panel(ui: &mut egui::Ui, model: &Model, now: Instant) {
     let online_height = (ui.available_height() * 0.6).max(80.0);
     let scroll = egui::ScrollArea::vertical().id_salt("peers-scroll").max_height(online_height);
     scroll.auto_shrink([false, false]).show(ui, |ui| {
-        egui::Grid::new("peers").num_columns(5).striped(true).show(ui, |ui| {
-            for title in ["id", "address", "since", "RTT", "misses"] {
+        egui::Grid::new("peers").num_columns(6).striped(true).show(ui, |ui| {
+            for title in ["id", "transport", "address", "since", "RTT", "misses"] {
                 ui.label(RichText::new(title).strong());
             }
             ui.end_row();
             for peer in peers {
                 ui.label(peer.id.as_str()).on_hover_text(format!("session {}", peer.session));
+                // PeerInfo.tls: which listener the peer came through.
+                if peer.tls {
+                    ui.label(RichText::new("TLS").color(egui::Color32::from_rgb(46, 204, 113)))
+                        .on_hover_text("came over the TLS listener");
+                } else {
+                    ui.label("plain").on_hover_text("came over the plaintext listener");
+                }
                 ui.label(peer.addr.to_string());
                 ui.label(format!("{} ago", words::seconds(&now.saturating_duration_since(peer.connected_since))));
                 ui.label(match peer.last_rtt {
