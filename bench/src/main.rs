@@ -58,3 +58,31 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_flags_come_together() {
+        let swarm = |extra: &[&str]| {
+            let base = ["bench", "swarm", "--server", "127.0.0.2:1", "--count", "1", "--prefix", "p"];
+            Cli::try_parse_from(base.iter().chain(extra))
+        };
+        assert!(swarm(&[]).is_ok());
+        assert!(swarm(&["--tls"]).is_err(), "--tls without a CA to trust");
+        assert!(swarm(&["--ca", "ca.pem"]).is_err(), "a CA without --tls");
+        assert!(swarm(&["--tls", "--ca", "ca.pem", "--server-name", "localhost"]).is_ok());
+        assert!(Cli::try_parse_from(["bench", "serve", "--ca-out", "ca.pem"]).is_err(), "--ca-out without --tls");
+        assert!(Cli::try_parse_from(["bench", "serve", "--tls", "0.0.0.0:0", "--ca-out", "ca.pem"]).is_ok());
+    }
+
+    #[test]
+    fn the_tls_section_is_selectable() {
+        let cli =
+            Cli::try_parse_from(["bench", "report", "--only", "steady-tls", "--tls-sizes", "5000,19000"]).unwrap();
+        let Command::Report(args) = cli.command else { panic!("not the report") };
+        assert_eq!(args.only, [report::Section::SteadyTls]);
+        assert_eq!(args.tls_sizes, [5000, 19_000]);
+    }
+}

@@ -12,6 +12,12 @@
 //! - `dump PATH FROM TO`: writes the [`Records`] of the window `[FROM, TO]` (ns) to `PATH`.
 //!
 //! End of stdin ends the process, so a generator never outlives its report.
+//!
+//! With `--tls --ca FILE` every client connects over TLS and trusts the CA in `FILE` (all share
+//! one [`ClientTls`]); `--server-name` is the name they check the certificate against when it
+//! is not the host they connect to.
+//!
+//! The first failed connect of each kind is described on stderr, with the SDK's words for it.
 
 use std::io::{self, BufRead, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +27,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use futures::StreamExt;
+use pulsewire::tls::ClientTls;
 use pulsewire::{Client, ClientConfig, ConnectError, DisconnectReason, Event, Events, Failure};
 use serde_json::json;
 
@@ -42,6 +49,10 @@ pub struct SwarmArgs {
     /// Clients started per second (the ramp); 0 starts them all at once.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
+    /// The most clients started but not online at once during the ramp (0: no limit): the
+    /// ramp waits for handshakes to finish rather than pile them up in the server's queues.
+    #[arg(long, default_value_t = 0)]
+    pub max_connecting: usize,
     /// Executor threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -60,6 +71,15 @@ pub struct SwarmArgs {
     /// How often to print the status line.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub status_every: Duration,
+    /// Connect over TLS (see `--ca`).
+    #[arg(long, requires = "ca")]
+    pub tls: bool,
+    /// The certificate authority to trust (PEM), with `--tls`.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry, with `--tls` [default: the server's host].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
 }
 
 /// What every client task shares: counters and the records.
@@ -68,6 +88,8 @@ struct Recorder {
     online: AtomicUsize,
     started: AtomicUsize,
     records: Mutex<Records>,
+    /// The kinds of connect failure already described on stderr (the first of each is).
+    described: Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Recorder {
@@ -81,14 +103,28 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<()> {
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
+    let tls = match &args.ca {
+        Some(ca) if args.tls => {
+            let tls = ClientTls::ca_file(ca).with_context(|| format!("the CA in {}", ca.display()))?;
+            Some(match &args.server_name {
+                Some(name) => tls.server_name(name.clone()),
+                None => tls,
+            })
+        }
+        _ => None,
+    };
     let configs = (0..args.count)
         .map(|n| {
-            ClientConfig::builder(args.server.clone(), format!("{}{n}", args.prefix))
+            let builder = ClientConfig::builder(args.server.clone(), format!("{}{n}", args.prefix))
                 .initial_delay(args.initial_delay)
                 .max_delay(args.max_delay)
                 .multiplier(args.multiplier)
-                .jitter(args.jitter)
-                .build()
+                .jitter(args.jitter);
+            match &tls {
+                Some(tls) => builder.tls(tls.clone()),
+                None => builder,
+            }
+            .build()
         })
         .collect::<Result<Vec<_>, _>>()
         .context("client configuration")?;
@@ -103,8 +139,11 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<()> {
             .context("starting an executor thread")?;
     }
     {
-        let (executor, recorder, rate) = (executor.clone(), recorder.clone(), args.rate);
-        thread::Builder::new().name("ramp".into()).spawn(move || ramp(configs, rate, &executor, &recorder))?;
+        let (executor, recorder) = (executor.clone(), recorder.clone());
+        let (rate, max_connecting) = (args.rate, args.max_connecting);
+        thread::Builder::new()
+            .name("ramp".into())
+            .spawn(move || ramp(configs, rate, max_connecting, &executor, &recorder))?;
     }
     {
         let (recorder, every) = (recorder.clone(), args.status_every);
@@ -130,13 +169,23 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the clients at `rate` per second.
-fn ramp(configs: Vec<ClientConfig>, rate: f64, executor: &smol::Executor<'static>, recorder: &Arc<Recorder>) {
+/// Starts the clients at `rate` per second, with at most `max_connecting` (unless 0) started
+/// and not online at a time.
+fn ramp(
+    configs: Vec<ClientConfig>,
+    rate: f64,
+    max_connecting: usize,
+    executor: &smol::Executor<'static>,
+    recorder: &Arc<Recorder>,
+) {
     let start = std::time::Instant::now();
     for (n, config) in configs.into_iter().enumerate() {
         if rate > 0.0 {
             let due = start + Duration::from_secs_f64(n as f64 / rate);
             thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
+        while max_connecting > 0 && n.saturating_sub(recorder.online.load(Ordering::Relaxed)) >= max_connecting {
+            thread::sleep(Duration::from_millis(1));
         }
         let (client, events, driver) = Client::new(config);
         let shared = recorder.clone();
@@ -177,7 +226,11 @@ async fn watch(client: u32, mut events: Events, recorder: &Recorder) {
                 recorder.with(|records| records.disconnects.push(disconnect));
             }
             Event::BackingOff { last_error: Some(Failure::Connect(error)), .. } => {
-                let failure = records::Failure { client, at, kind: failure_word(&error).to_owned() };
+                let kind = failure_word(&error);
+                if recorder.described.lock().unwrap_or_else(PoisonError::into_inner).insert(kind) {
+                    eprintln!("swarm: first failed connect of kind {kind}: {error}");
+                }
+                let failure = records::Failure { client, at, kind: kind.to_owned() };
                 recorder.with(|records| records.failures.push(failure));
             }
             Event::Closed { .. } => break,
@@ -229,6 +282,7 @@ pub fn failure_word(error: &ConnectError) -> &'static str {
         ConnectError::Rejected { code, .. } if code.as_str() == "full" => "rejected-full",
         ConnectError::Rejected { .. } => "rejected",
         ConnectError::Protocol(_) => "protocol",
+        ConnectError::Tls(_) => "tls",
         _ => "other",
     }
 }

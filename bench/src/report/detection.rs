@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
-use super::procs::{self, DemoServer};
+use super::procs::{self, DemoServer, Ramp};
 use super::steady::spawn_generators;
 use super::Run;
 use crate::clock::now_ns;
@@ -54,9 +54,10 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Detection> {
     let m = f64::from(settings.max_missed);
     let i_ms = interval.as_secs_f64() * 1000.0;
     let log = run.out_dir.join("demo-server-detection.log");
-    let server = DemoServer::spawn(&run.server, "0.0.0.0:0", &run.server_args(), &log)?;
+    let server = DemoServer::spawn(&run.server, "0.0.0.0:0", &run.server_args(&run.server), &log)?;
     let (_, addr) = server.wait_listening(Duration::from_secs(30))?;
-    let mut generators = spawn_generators(addr.port(), clients, clients, settings.ramp_rate, "det", run.backoff())?;
+    let mut generators =
+        spawn_generators(addr.port(), clients, clients, Ramp::rate(settings.ramp_rate), "det", run.backoff(), None)?;
     procs::wait_online(&generators, clients as usize, Duration::from_secs(60))?;
     server.wait_caught_up(clients as usize, Duration::from_secs(60))?;
     thread::sleep(interval * 2);
@@ -123,8 +124,9 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Detection> {
         (Some(first), Some(last)) => stats::ms(last - first),
         _ => 0.0,
     };
-    drop(server);
+    // The generators first: clients that outlive their server would report failed reconnects.
     drop(generators);
+    drop(server);
     Ok(Detection { server_frozen, client_frozen, eviction_print_spread_ms: spread })
 }
 

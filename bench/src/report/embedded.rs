@@ -63,7 +63,7 @@ pub struct Embedded {
 pub fn run(run: &Run, window: Duration, driver: &str) -> anyhow::Result<Embedded> {
     let settings = &run.settings;
     let log = run.out_dir.join("demo-server-embedded.log");
-    let server = DemoServer::spawn(&run.server, "127.0.0.1:0", &run.server_args(), &log)?;
+    let server = DemoServer::spawn(&run.server, "127.0.0.1:0", &run.server_args(&run.server), &log)?;
     let (_, addr) = server.wait_listening(Duration::from_secs(30))?;
     let mut command = Command::new(std::env::current_exe().context("this binary's path")?);
     command.args(["embedded", "--server", &addr.to_string(), "--driver", driver]);

@@ -17,7 +17,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::procfs;
-use procs::Backoff;
+use procs::{Backoff, Ramp};
+use steady::Transport;
 
 /// The report's command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -64,7 +65,20 @@ pub struct ReportArgs {
     /// gives up.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub console_limit: Duration,
-    /// Sections to run (steady, detection, storm, embedded) [default: all].
+    /// TLS steady-state sizes: each runs twice on `bench serve`, its SDK clients over plaintext
+    /// then over TLS, so that the two rows compare the same server back to back.
+    #[arg(long, value_delimiter = ',', default_value = "19000")]
+    pub tls_sizes: Vec<u32>,
+    /// Clients started per second in the TLS section's runs, all generators together (each
+    /// start is a TLS handshake on both sides) [default: --ramp-rate].
+    #[arg(long)]
+    pub tls_ramp_rate: Option<f64>,
+    /// The most clients connecting (started, not yet online) at once in the TLS section's
+    /// runs, all generators together: the ramp waits for handshakes to finish instead of
+    /// piling them up in the server's accept queue and handshake limit. 0: no limit.
+    #[arg(long, default_value_t = 256)]
+    pub tls_max_connecting: u32,
+    /// Sections to run (steady, steady-tls, detection, storm, embedded) [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Section>,
     /// Where to write the JSON [default: target/bench/report.json, report-quick.json with --quick].
@@ -74,10 +88,12 @@ pub struct ReportArgs {
 
 /// A part of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Section {
     /// Steady state per size.
     Steady,
+    /// Steady state over TLS beside plaintext, on `bench serve`, per TLS size.
+    SteadyTls,
     /// Detection latency both ways.
     Detection,
     /// Reconnect storm.
@@ -119,10 +135,16 @@ pub struct Settings {
     pub idle_window: Duration,
     /// Steady-state sizes.
     pub sizes: Vec<u32>,
+    /// TLS steady-state sizes.
+    pub tls_sizes: Vec<u32>,
     /// Clients per generator.
     pub per_generator: u32,
     /// Ramp, clients per second.
     pub ramp_rate: f64,
+    /// Ramp of the TLS section's runs, clients per second.
+    pub tls_ramp_rate: f64,
+    /// The most clients connecting at once in the TLS section's runs (0: no limit).
+    pub tls_max_connecting: u32,
     /// Observers.
     pub observers: usize,
     /// Detection clients.
@@ -198,20 +220,22 @@ impl Machine {
 pub struct Run {
     settings: Settings,
     server: procs::ServerProgram,
+    /// `bench serve`, for the TLS section whatever `--server` says.
+    sdk_server: procs::ServerProgram,
     out_dir: PathBuf,
     ticks_per_second: u64,
 }
 
 impl Run {
-    /// The demo server's flags.
-    fn server_args(&self) -> Vec<String> {
+    /// The flags of a server program.
+    fn server_args(&self, server: &procs::ServerProgram) -> Vec<String> {
         let mut args = vec![
             "--interval".into(),
             format!("{}ms", self.settings.interval.as_millis()),
             "--max-missed".into(),
             self.settings.max_missed.to_string(),
         ];
-        if self.server.takes_max_peers {
+        if server.takes_max_peers {
             // One process's open-file limit is the real bound; let it be.
             args.extend(["--max-peers".into(), "20000".into()]);
         }
@@ -234,6 +258,8 @@ pub struct Report {
     pub settings: Settings,
     /// Steady state per size.
     pub steady: Vec<steady::Steady>,
+    /// Steady state per TLS size on `bench serve`: the plaintext row, then the TLS row.
+    pub steady_tls: Vec<steady::Steady>,
     /// Detection latency.
     pub detection: Option<detection::Detection>,
     /// Reconnect storm.
@@ -267,8 +293,11 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         window: args.window.unwrap_or(default_window),
         idle_window: args.idle_window.unwrap_or(default_window),
         sizes: args.sizes.clone(),
+        tls_sizes: args.tls_sizes.clone(),
         per_generator: args.per_generator,
         ramp_rate: args.ramp_rate,
+        tls_ramp_rate: args.tls_ramp_rate.unwrap_or(args.ramp_rate),
+        tls_max_connecting: args.tls_max_connecting,
         observers: args.observers,
         detect_clients: args.detect_clients,
         storm_clients: args.storm_clients,
@@ -290,18 +319,35 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         print::floor(floor);
     }
 
-    let (program, prefix) = match args.server {
-        ServerKind::Demo => (procs::build_demo_server()?, Vec::new()),
-        ServerKind::Sdk => (std::env::current_exe().context("this binary's path")?, vec!["serve".to_owned()]),
-    };
-    let takes_max_peers = procs::ServerProgram::help_mentions(&program, &prefix, "--max-peers");
-    if !takes_max_peers {
-        eprintln!("note: the server has no --max-peers flag: it holds the SDK's default maximum of peers");
-    }
-    let server =
-        procs::ServerProgram { program, prefix, prints_lists: args.server == ServerKind::Demo, takes_max_peers };
-    let run = Run { settings, server, out_dir, ticks_per_second: procfs::clock_ticks_per_second() };
     let wanted = |section| args.only.is_empty() || args.only.contains(&section);
+    let this_binary = std::env::current_exe().context("this binary's path")?;
+    let sdk_server = procs::ServerProgram {
+        program: this_binary,
+        prefix: vec!["serve".to_owned()],
+        kind: ServerKind::Sdk,
+        prints_lists: false,
+        takes_max_peers: true,
+    };
+    let server = match args.server {
+        ServerKind::Sdk => sdk_server.clone(),
+        // Only the TLS section runs: no need to build the demo server.
+        ServerKind::Demo if args.only == [Section::SteadyTls] => sdk_server.clone(),
+        ServerKind::Demo => {
+            let program = procs::build_demo_server()?;
+            let takes_max_peers = procs::ServerProgram::help_mentions(&program, &[], "--max-peers");
+            if !takes_max_peers {
+                eprintln!("note: the server has no --max-peers flag: it holds the SDK's default maximum of peers");
+            }
+            procs::ServerProgram {
+                program,
+                prefix: Vec::new(),
+                kind: ServerKind::Demo,
+                prints_lists: true,
+                takes_max_peers,
+            }
+        }
+    };
+    let run = Run { settings, server, sdk_server, out_dir, ticks_per_second: procfs::clock_ticks_per_second() };
     let mut errors = Vec::new();
     let mut report_error = |what: String, error: anyhow::Error| {
         eprintln!("{what} failed: {error:#}");
@@ -312,12 +358,28 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     if wanted(Section::Steady) {
         for &clients in &run.settings.sizes {
             eprintln!("steady state: {clients} clients ...");
-            match steady::run(&run, clients) {
+            match steady::run(&run, &run.server, clients, Transport::Plaintext, Ramp::rate(run.settings.ramp_rate)) {
                 Ok(result) => {
                     print::steady_row_progress(&result);
                     steady.push(result);
                 }
                 Err(error) => report_error(format!("steady state at {clients}"), error),
+            }
+        }
+    }
+    let mut steady_tls = Vec::new();
+    if wanted(Section::SteadyTls) {
+        for &clients in &run.settings.tls_sizes {
+            for transport in [Transport::Plaintext, Transport::Tls] {
+                eprintln!("steady state on bench serve: {clients} clients over {} ...", transport.word());
+                let ramp = Ramp { rate: run.settings.tls_ramp_rate, max_connecting: run.settings.tls_max_connecting };
+                match steady::run(&run, &run.sdk_server, clients, transport, ramp) {
+                    Ok(result) => {
+                        print::steady_row_progress(&result);
+                        steady_tls.push(result);
+                    }
+                    Err(error) => report_error(format!("steady state over {} at {clients}", transport.word()), error),
+                }
             }
         }
     }
@@ -344,11 +406,13 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         }
     }
 
-    let targets = print::targets(&run.settings, &steady, detection.as_ref(), storm.as_ref(), embedded.first());
+    let targets =
+        print::targets(&run.settings, &steady, &steady_tls, detection.as_ref(), storm.as_ref(), embedded.first());
     let report = Report {
         machine,
         settings: run.settings,
         steady,
+        steady_tls,
         detection,
         storm,
         embedded,

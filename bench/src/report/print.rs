@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::detection::{Detection, Direction};
 use super::embedded::Embedded;
-use super::steady::Steady;
+use super::steady::{Steady, Transport};
 use super::storm::Storm;
 use super::{Machine, Report, Settings};
 use crate::stats::Summary;
@@ -48,7 +48,7 @@ pub fn header(machine: &Machine, settings: &Settings) {
     );
     println!(
         "settings: server {}, interval {:?}, max-missed {}, steady window {:?}, idle window {:?}, sizes {:?}, \
-         {} clients per generator, ramp {}/s, {} observers, server run with {}",
+         TLS sizes {:?}, {} clients per generator, ramp {}/s (TLS section {}/s, at most {} connecting), {} observers, server run with {}",
         match settings.server {
             super::ServerKind::Demo => "demo-server --json (release build)",
             super::ServerKind::Sdk => "bench serve (the SDK's Server, no online-list console)",
@@ -58,8 +58,11 @@ pub fn header(machine: &Machine, settings: &Settings) {
         settings.window,
         settings.idle_window,
         settings.sizes,
+        settings.tls_sizes,
         settings.per_generator,
         settings.ramp_rate,
+        settings.tls_ramp_rate,
+        settings.tls_max_connecting,
         settings.observers,
         settings.server_log_filter,
     );
@@ -87,13 +90,81 @@ pub fn floor(floor: &super::floor::Floor) {
 /// A one-line progress note on stderr once a size is measured.
 pub fn steady_row_progress(steady: &Steady) {
     eprintln!(
-        "  {} clients: RSS {:.1} MiB, {:.0} B/peer, CPU {:.1} %, fan-out {}",
+        "  {} clients ({}): ramp {:.1} s, {:.2} CPU-s, failed connects {:?}; RSS {:.1} MiB, {:.0} B/peer, CPU {:.1} %, \
+         {:.2} us/pulse, fan-out {}",
         steady.clients,
+        steady.transport.word(),
+        steady.ramp_s,
+        steady.ramp_cpu_s,
+        steady.ramp_failures,
         steady.rss_kib as f64 / 1024.0,
         steady.rss_per_peer_bytes,
         steady.cpu_percent_mean,
+        steady.cpu_us_per_pulse,
         med_max(steady.fanout_ms.as_ref()),
     );
+}
+
+/// The steady-state table's header and one row per run.
+fn steady_rows(rows: &[Steady]) {
+    println!(
+        "{:>7} {:>9} {:>6} {:>4} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>7} {:>7}",
+        "clients",
+        "transport",
+        "peers",
+        "gens",
+        "ramp s",
+        "console",
+        "RSS MiB",
+        "RSS/peer",
+        "CPU% avg",
+        "us/pulse",
+        "fan-out ms",
+        "at clients",
+        "evicted",
+        "dropped"
+    );
+    println!(
+        "{:>7} {:>9} {:>6} {:>4} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>7} {:>7}",
+        "", "", "", "", "", "lag s", "", "bytes", "(max)", "", "med/max", "med/max", "", ""
+    );
+    for s in rows {
+        println!(
+            "{:>7} {:>9} {:>6} {:>4} {:>6.1} {:>8.1} {:>8.1} {:>8.0} {:>9} {:>8.2} {:>11} {:>11} {:>7} {:>7}",
+            s.clients,
+            s.transport.word(),
+            s.clients as usize + s.observers,
+            s.generators,
+            s.ramp_s,
+            s.console_lag_s,
+            s.rss_kib as f64 / 1024.0,
+            s.rss_per_peer_bytes,
+            format!("{:.1} ({:.0})", s.cpu_percent_mean, s.cpu_percent_max),
+            s.cpu_us_per_pulse,
+            med_max(s.fanout_ms.as_ref()),
+            med_max(s.client_spread_ms.as_ref()),
+            s.evictions,
+            s.client_disconnects,
+        );
+    }
+}
+
+/// The TLS row of each size and the plaintext row measured just before it.
+pub fn tls_pairs(rows: &[Steady]) -> Vec<(&Steady, &Steady)> {
+    rows.iter()
+        .filter(|tls| tls.transport == Transport::Tls)
+        .filter_map(|tls| {
+            let plain = rows.iter().find(|p| p.transport == Transport::Plaintext && p.clients == tls.clients)?;
+            Some((plain, tls))
+        })
+        .collect()
+}
+
+/// What each TLS client costs the server beyond a plaintext one: the RSS difference of the
+/// two runs per SDK client (the observers are plaintext in both), bytes.
+pub fn tls_extra_per_client(plain: &Steady, tls: &Steady) -> f64 {
+    let growth = |s: &Steady| s.rss_kib.saturating_sub(s.rss_start_kib) as f64 * 1024.0;
+    (growth(tls) - growth(plain)) / f64::from(tls.clients.max(1))
 }
 
 fn med_max(summary: Option<&Summary>) -> String {
@@ -109,44 +180,7 @@ pub fn tables(report: &Report) {
             "1. Steady state: {:?} window per size, server CPU sampled every 1 s (utime+stime of /proc/PID/stat)",
             settings.window
         );
-        println!(
-            "{:>7} {:>6} {:>4} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>7} {:>7}",
-            "clients",
-            "peers",
-            "gens",
-            "ramp s",
-            "console",
-            "RSS MiB",
-            "RSS/peer",
-            "CPU% avg",
-            "us/pulse",
-            "fan-out ms",
-            "at clients",
-            "evicted",
-            "dropped"
-        );
-        println!(
-            "{:>7} {:>6} {:>4} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>11} {:>7} {:>7}",
-            "", "", "", "", "lag s", "", "bytes", "(max)", "", "med/max", "med/max", "", ""
-        );
-        for s in &report.steady {
-            println!(
-                "{:>7} {:>6} {:>4} {:>6.1} {:>8.1} {:>8.1} {:>8.0} {:>9} {:>8.2} {:>11} {:>11} {:>7} {:>7}",
-                s.clients,
-                s.clients as usize + s.observers,
-                s.generators,
-                s.ramp_s,
-                s.console_lag_s,
-                s.rss_kib as f64 / 1024.0,
-                s.rss_per_peer_bytes,
-                format!("{:.1} ({:.0})", s.cpu_percent_mean, s.cpu_percent_max),
-                s.cpu_us_per_pulse,
-                med_max(s.fanout_ms.as_ref()),
-                med_max(s.client_spread_ms.as_ref()),
-                s.evictions,
-                s.client_disconnects,
-            );
-        }
+        steady_rows(&report.steady);
         println!(
             "  peers = SDK clients + observers. RSS/peer = (RSS at the end - RSS after listening) / peers. \
              us/pulse = server CPU / (peers x rounds)."
@@ -165,6 +199,9 @@ pub fn tables(report: &Report) {
                 last.console_list_bytes as f64 / 1e6
             );
         }
+    }
+    if !report.steady_tls.is_empty() {
+        print_steady_tls(&report.steady_tls, settings);
     }
     if let Some(detection) = &report.detection {
         print_detection(detection);
@@ -189,6 +226,53 @@ pub fn tables(report: &Report) {
         println!("  [error ] {error}");
     }
     println!("(report took {:.0} s; load average at the end: {})", report.duration_s, report.load_at_end);
+}
+
+fn print_steady_tls(rows: &[Steady], settings: &Settings) {
+    println!();
+    println!(
+        "1b. Steady state over TLS: bench serve (the SDK's Server), each size with its SDK clients over plaintext, \
+         then over TLS 1.3 (rustls, ring, ECDSA P-256 certificate); {:?} window; the observers are plaintext in both",
+        settings.window
+    );
+    steady_rows(rows);
+    println!(
+        "{:>7} {:>9} {:>10} {:>13} {:>24} {:>30}",
+        "clients", "transport", "ramp CPU s", "us/connection", "failed connects (ramp)", "ListenOverflows/Drops (ramp)"
+    );
+    for s in rows {
+        let failures: Vec<String> = s.ramp_failures.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        let counter = |name: &str| s.ramp_net_counters.get(name).copied().unwrap_or(0);
+        println!(
+            "{:>7} {:>9} {:>10.2} {:>13.0} {:>24} {:>30}",
+            s.clients,
+            s.transport.word(),
+            s.ramp_cpu_s,
+            s.ramp_cpu_s * 1e6 / f64::from(s.clients.max(1)),
+            if failures.is_empty() { "0".to_owned() } else { failures.join(", ") },
+            format!("+{} / +{}", counter("TcpExt:ListenOverflows"), counter("TcpExt:ListenDrops")),
+        );
+    }
+    println!(
+        "  us/connection = server CPU over the ramp / clients (handshakes, joins, and the pulse rounds of those \
+         already online); the window starts two intervals after the last client is online."
+    );
+    for s in rows {
+        let threads: Vec<String> =
+            s.threads.iter().map(|(name, t)| format!("{name} x{} {:.0} ms", t.threads, t.cpu_ms)).collect();
+        println!("  server CPU by thread, {} over {}: {}", s.clients, s.transport.word(), threads.join(", "));
+    }
+    for (plain, tls) in tls_pairs(rows) {
+        println!(
+            "  at {}: TLS costs {:.2}x plaintext's CPU per pulse ({:.2} vs {:.2} us) and {:.0} bytes of server RSS per \
+             TLS client beyond a plaintext one",
+            tls.clients,
+            tls.cpu_us_per_pulse / plain.cpu_us_per_pulse,
+            tls.cpu_us_per_pulse,
+            plain.cpu_us_per_pulse,
+            tls_extra_per_client(plain, tls)
+        );
+    }
 }
 
 fn print_detection(detection: &Detection) {
@@ -297,10 +381,63 @@ fn print_embedded(e: &Embedded) {
     println!("  per second (cumulative CPU, RSS, cumulative wake-ups): {}", seconds.join(" | "));
 }
 
+/// The most server RSS a TLS peer may cost in all: a plaintext peer's 2 KiB (its own target),
+/// the 7457 bytes of heap rustls keeps per connection after a TLS 1.3 handshake (4096 of them
+/// its read buffer; see docs/benchmarks.md, "TLS"), and 7 % for the allocator.
+pub const TLS_RSS_PER_PEER_BOUND: f64 = 10.0 * 1024.0;
+
+/// The TLS section's targets: CPU per pulse within twice plaintext's, RSS per peer within
+/// [`TLS_RSS_PER_PEER_BOUND`], and a ramp of handshakes that nothing overflowed.
+fn tls_targets(steady_tls: &[Steady], check: &mut impl FnMut(&str, String, Option<bool>)) {
+    let pairs = tls_pairs(steady_tls);
+    let top = pairs.iter().filter(|(_, tls)| tls.clients >= 19_000).max_by_key(|(_, tls)| tls.clients);
+    let none = || ("not measured (no TLS size of 19000 or more beside its plaintext run)".to_owned(), None);
+    let (measured, met) = top.map_or_else(none, |(plain, tls)| {
+        (
+            format!(
+                "{:.2} us per pulse over TLS, {:.2} over plaintext ({:.2}x); {:.1} % vs {:.1} % of one core",
+                tls.cpu_us_per_pulse,
+                plain.cpu_us_per_pulse,
+                tls.cpu_us_per_pulse / plain.cpu_us_per_pulse,
+                tls.cpu_percent_mean,
+                plain.cpu_percent_mean
+            ),
+            Some(tls.cpu_us_per_pulse <= 2.0 * plain.cpu_us_per_pulse),
+        )
+    });
+    check("TLS at 19000: server CPU per pulse <= 2x plaintext's (bench serve, back to back)", measured, met);
+    let (measured, met) = top.map_or_else(none, |(plain, tls)| {
+        (
+            format!(
+                "{:.0} bytes per peer ({:.0} over plaintext; {:.0} more per TLS client)",
+                tls.rss_per_peer_bytes,
+                plain.rss_per_peer_bytes,
+                tls_extra_per_client(plain, tls)
+            ),
+            Some(tls.rss_per_peer_bytes <= TLS_RSS_PER_PEER_BOUND),
+        )
+    });
+    check(&format!("TLS at 19000: <= {:.0} KiB server RSS per peer", TLS_RSS_PER_PEER_BOUND / 1024.0), measured, met);
+    let (measured, met) = top.map_or_else(none, |(_, tls)| {
+        let failed: usize = tls.ramp_failures.values().sum();
+        let overflowed: u64 = tls.ramp_net_counters.values().sum();
+        (
+            format!(
+                "{} online in {:.1} s, {failed} failed connects {:?}, ListenOverflows+ListenDrops +{overflowed}, \
+                 {} evicted, {} dropped in the window",
+                tls.clients, tls.ramp_s, tls.ramp_failures, tls.evictions, tls.client_disconnects
+            ),
+            Some(failed == 0 && overflowed == 0 && tls.evictions == 0 && tls.client_disconnects == 0),
+        )
+    });
+    check("TLS at 19000: the handshake ramp overflows nothing, no false eviction", measured, met);
+}
+
 /// Checks every target of the issue against what was measured.
 pub fn targets(
     settings: &Settings,
     steady: &[Steady],
+    steady_tls: &[Steady],
     detection: Option<&Detection>,
     storm: Option<&Storm>,
     embedded: Option<&Embedded>,
@@ -346,6 +483,7 @@ pub fn targets(
         None => ("no complete round observed".into(), Some(false)),
     });
     check("pulse fan-out to 19000 peers <= 50 ms", measured, met);
+    tls_targets(steady_tls, &mut check);
     let (measured, met) = detection.map_or_else(
         || ("not measured".to_owned(), None),
         |d| {

@@ -67,6 +67,9 @@ pub struct PeerLine {
 pub struct ServerLog {
     /// When `listening` was read, and the address.
     pub listening: Option<(u64, SocketAddr)>,
+    /// `bench serve --tls`: the TLS listener's address and the CA its clients must trust, from
+    /// the `listening` line.
+    pub tls: Option<TlsTrust>,
     /// Every `online` line.
     pub online: Vec<PeerLine>,
     /// Every peer that left the online list: a `detached` line (a protocol 2 peer whose
@@ -93,6 +96,8 @@ pub struct ServerProgram {
     pub program: PathBuf,
     /// Arguments before the common ones (`serve` for this binary).
     pub prefix: Vec<String>,
+    /// Which it is.
+    pub kind: super::ServerKind,
     /// Whether it prints the online list after each batch of joins and departures (the demo
     /// server).
     pub prints_lists: bool,
@@ -154,6 +159,11 @@ impl DemoServer {
         Ok(DemoServer { pid: child.pid(), _stdin: child.child().stdin.take(), child, spawned_at, log, prints_lists })
     }
 
+    /// The TLS listener and its CA, once the server printed `listening` (`bench serve --tls`).
+    pub fn tls(&self) -> Option<TlsTrust> {
+        self.log(|log| log.tls.clone())
+    }
+
     /// Waits until the server printed `listening`; returns when it was read, and the address.
     pub fn wait_listening(&self, limit: Duration) -> anyhow::Result<(u64, SocketAddr)> {
         wait_on(&self.log, limit, "the server's listening line", |log| {
@@ -201,6 +211,13 @@ impl DemoServer {
     }
 }
 
+/// The TLS listener and its CA, as `bench serve --tls` names them in its `listening` line.
+fn tls_trust(line: &Value) -> Option<TlsTrust> {
+    let addr = line["tls_addr"].as_str()?.parse().ok()?;
+    let ca = PathBuf::from(line["ca"].as_str()?);
+    Some(TlsTrust { addr, ca, server_name: crate::serve::TLS_NAMES[1].to_owned() })
+}
+
 fn read_server(stdout: impl std::io::Read, log: &(Mutex<ServerLog>, Condvar)) {
     // Online lists grow with the peers (about 150 bytes each): read them as bytes and count
     // them without parsing.
@@ -229,6 +246,7 @@ fn read_server(stdout: impl std::io::Read, log: &(Mutex<ServerLog>, Condvar)) {
         let Ok(value) = serde_json::from_slice::<Value>(&line) else { continue };
         if is_listening(&value) {
             guard.listening = listening_addr(&value).ok().map(|addr| (at, addr));
+            guard.tls = tls_trust(&value);
         }
         let text = |key: &str| value[key].as_str().unwrap_or("").to_owned();
         match value["event"].as_str() {
@@ -276,6 +294,33 @@ pub struct Backoff {
     pub jitter: f64,
 }
 
+/// How fast a generator starts its clients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ramp {
+    /// Clients started per second.
+    pub rate: f64,
+    /// The most clients started and not yet online at a time (0: no limit).
+    pub max_connecting: u32,
+}
+
+impl Ramp {
+    /// `rate` clients per second, however many are still connecting.
+    pub fn rate(rate: f64) -> Ramp {
+        Ramp { rate, max_connecting: 0 }
+    }
+}
+
+/// How a generator's clients reach a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTrust {
+    /// The TLS listener (its port; each generator connects to its own 127.0.0.x).
+    pub addr: SocketAddr,
+    /// The CA certificate to trust, PEM.
+    pub ca: PathBuf,
+    /// The name the certificate carries (the generators connect to other addresses than it).
+    pub server_name: String,
+}
+
 /// A running load generator process.
 #[derive(Debug)]
 pub struct Generator {
@@ -289,26 +334,28 @@ pub struct Generator {
 
 impl Generator {
     /// Starts `clients` SDK clients in a new process of this binary, connecting to `server`
-    /// at `rate` per second.
+    /// as fast as `ramp` lets them, over TLS when `tls` is given.
     pub fn spawn(
         server: SocketAddr,
         clients: u32,
         prefix: &str,
-        rate: f64,
+        ramp: Ramp,
         backoff: Backoff,
+        tls: Option<&TlsTrust>,
     ) -> anyhow::Result<Generator> {
         let exe = std::env::current_exe().context("this binary's path")?;
         let mut command = Command::new(exe);
         command
             .arg("swarm")
             .args(["--server", &server.to_string(), "--count", &clients.to_string(), "--prefix", prefix])
-            .args(["--rate", &rate.to_string()])
+            .args(["--rate", &ramp.rate.to_string(), "--max-connecting", &ramp.max_connecting.to_string()])
             .args(["--initial-delay", &format!("{}ms", backoff.initial.as_millis())])
             .args(["--max-delay", &format!("{}ms", backoff.max.as_millis())])
-            .args(["--multiplier", &backoff.multiplier.to_string(), "--jitter", &backoff.jitter.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .args(["--multiplier", &backoff.multiplier.to_string(), "--jitter", &backoff.jitter.to_string()]);
+        if let Some(tls) = tls {
+            command.arg("--tls").arg("--ca").arg(&tls.ca).args(["--server-name", &tls.server_name]);
+        }
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = Reaped::new(command.spawn().context("starting a generator")?);
         let stdout = child.child().stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let stdin = child.child().stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
@@ -407,5 +454,20 @@ mod tests {
         assert_eq!(log.offline[0].reason, "timeout");
         assert_eq!((log.offline[1].peer.as_str(), log.offline[1].reason.as_str()), ("b", "timeout"));
         assert!(log.closed);
+        assert_eq!(log.tls, None);
+    }
+
+    #[test]
+    fn a_tls_listening_line_names_the_listener_and_its_ca() {
+        let out = "{\"event\":\"listening\",\"addr\":\"0.0.0.0:7000\",\"tls_addr\":\"0.0.0.0:7001\",\"ca\":\"/tmp/ca.pem\"}\n";
+        let log: (Mutex<ServerLog>, Condvar) = Default::default();
+        read_server(out.as_bytes(), &log);
+        let log = lock(&log.0);
+        assert_eq!(log.listening.map(|(_, addr)| addr.port()), Some(7000));
+        let tls = log.tls.clone().expect("a TLS listener");
+        assert_eq!(
+            (tls.addr.port(), tls.ca.to_str(), tls.server_name.as_str()),
+            (7001, Some("/tmp/ca.pem"), "localhost")
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Steady state: N peers online on one server process, measured over a window.
+//! Steady state: N peers online on one server process, measured over a window; the SDK
+//! clients over plaintext or over TLS.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -8,18 +9,42 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::procs::{self, Backoff, DemoServer, Generator};
+use super::procs::{self, Backoff, DemoServer, Generator, Ramp, ServerProgram, TlsTrust};
 use super::sampler::{self, Sampler, ThreadUse};
-use super::Run;
+use super::{Run, ServerKind};
 use crate::clock::now_ns;
 use crate::observer::Observers;
 use crate::procfs;
 use crate::records::Records;
 use crate::stats::{self, Summary};
 
+/// How the SDK clients of a run reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Plain TCP.
+    Plaintext,
+    /// TLS (1.3, rustls with ring on both sides), on the server's TLS listener.
+    Tls,
+}
+
+impl Transport {
+    /// The word for it, as printed.
+    pub fn word(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "plaintext",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
 /// What one size measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Steady {
+    /// The server measured.
+    pub server: ServerKind,
+    /// How the SDK clients connected (the observers are always plaintext).
+    pub transport: Transport,
     /// SDK clients.
     pub clients: u32,
     /// Raw observer peers on top of them.
@@ -28,6 +53,14 @@ pub struct Steady {
     pub generators: usize,
     /// Seconds from the first client started to all online.
     pub ramp_s: f64,
+    /// Server CPU from the first client started to all online, s.
+    pub ramp_cpu_s: f64,
+    /// Failed connect attempts from the first client started to all online, by kind
+    /// (`rejected-full`: the server's handshake or peer limit, which a TLS client reads as
+    /// `tls` since the server answers it in plaintext; `handshake-timeout`, `connect-timeout`, …).
+    pub ramp_failures: BTreeMap<String, usize>,
+    /// The kernel's listen-queue counters over the ramp (machine-wide deltas).
+    pub ramp_net_counters: BTreeMap<String, u64>,
     /// Seconds the server's console took to print every join after the last client was online.
     pub console_lag_s: f64,
     /// Bytes of online lists the console printed on the way.
@@ -68,24 +101,53 @@ pub struct Steady {
     pub observers_online: usize,
 }
 
-/// Runs one size.
-pub fn run(run: &Run, clients: u32) -> anyhow::Result<Steady> {
-    let settings = &run.settings;
-    let log = run.out_dir.join(format!("demo-server-steady-{clients}.log"));
-    let server = DemoServer::spawn(&run.server, "0.0.0.0:0", &run.server_args(), &log)?;
-    let (_, addr) = server.wait_listening(Duration::from_secs(30))?;
-    thread::sleep(Duration::from_millis(200));
-    let rss_start_kib = sampler::sample(server.pid).context("server stat")?.rss_kib;
+/// The kernel counters that say the ramp overflowed the accept queue.
+const RAMP_COUNTERS: [&str; 2] = ["TcpExt:ListenOverflows", "TcpExt:ListenDrops"];
 
+/// Runs one size on `program`, its SDK clients over `transport` (TLS: the program must be
+/// `bench serve`, which takes `--tls`) started as `ramp` says (for all generators together).
+pub fn run(
+    run: &Run,
+    program: &ServerProgram,
+    clients: u32,
+    transport: Transport,
+    ramp: Ramp,
+) -> anyhow::Result<Steady> {
+    let settings = &run.settings;
+    let name = match (program.kind, transport) {
+        (ServerKind::Demo, Transport::Plaintext) => format!("demo-server-steady-{clients}"),
+        (ServerKind::Demo, Transport::Tls) => anyhow::bail!("the demo server takes no --tls: use bench serve"),
+        (ServerKind::Sdk, Transport::Plaintext) => format!("bench-serve-steady-{clients}"),
+        (ServerKind::Sdk, Transport::Tls) => format!("bench-serve-steady-tls-{clients}"),
+    };
+    let mut args = run.server_args(program);
+    if transport == Transport::Tls {
+        let ca = run.out_dir.join(format!("{name}-ca.pem"));
+        args.extend(["--tls".into(), "0.0.0.0:0".into(), "--ca-out".into(), ca.display().to_string()]);
+    }
+    let server = DemoServer::spawn(program, "0.0.0.0:0", &args, &run.out_dir.join(format!("{name}.log")))?;
+    let (_, addr) = server.wait_listening(Duration::from_secs(30))?;
+    let tls = match transport {
+        Transport::Plaintext => None,
+        Transport::Tls => Some(server.tls().context("the server's listening line names no TLS listener")?),
+    };
+    let client_port = tls.as_ref().map_or(addr.port(), |tls| tls.addr.port());
+    thread::sleep(Duration::from_millis(200));
+    let before_ramp = sampler::sample(server.pid).context("server stat")?;
+    let rss_start_kib = before_ramp.rss_kib;
+
+    let counters_before = procfs::net_counters();
     let started = now_ns();
     let mut generators =
-        spawn_generators(addr.port(), clients, settings.per_generator, settings.ramp_rate, "p", run.backoff())?;
-    let ramp_limit = Duration::from_secs_f64(f64::from(clients) / settings.ramp_rate) + Duration::from_secs(60);
+        spawn_generators(client_port, clients, settings.per_generator, ramp, "p", run.backoff(), tls.as_ref())?;
+    let ramp_limit = Duration::from_secs_f64(f64::from(clients) / ramp.rate) + Duration::from_secs(60);
     if let Err(error) = procs::wait_online(&generators, clients as usize, ramp_limit) {
         let why = diagnose(run, &server, &mut generators, started, clients);
         return Err(error.context(why));
     }
     let all_online = now_ns();
+    let after_ramp = sampler::sample(server.pid).context("server stat")?;
+    let ramp_net_counters = counter_deltas(&counters_before, &procfs::net_counters(), &RAMP_COUNTERS);
     let observers = Observers::start(SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())), settings.observers, "obs-")?;
     let peers = clients as usize + settings.observers;
     server.wait_caught_up(peers, run.settings.console_limit)?;
@@ -108,14 +170,21 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Steady> {
         (evicted.count(), inside.len(), log.list_bytes)
     });
     let mut records = Records::default();
+    let mut ramp_failures: BTreeMap<String, usize> = BTreeMap::new();
     for (n, generator) in generators.iter_mut().enumerate() {
-        records.merge(generator.dump(&run.out_dir.join(format!("dump-steady-{clients}-{n}.json")), from, to)?);
+        records.merge(generator.dump(&run.out_dir.join(format!("dump-{name}-{n}.json")), from, to)?);
+        let ramp_records =
+            generator.dump(&run.out_dir.join(format!("dump-{name}-ramp-{n}.json")), started, all_online)?;
+        for failure in ramp_records.failures {
+            *ramp_failures.entry(failure.kind).or_default() += 1;
+        }
     }
     let observers_online = observers.online();
     let kernel_times = observers.kernel_times(from, to);
-    drop(server);
-    observers.stop();
+    // The generators first: clients that outlive their server would report failed reconnects.
     drop(generators);
+    observers.stop();
+    drop(server);
 
     let ticks = run.ticks_per_second;
     let cpu_percent = sampler::cpu_percents(&samples, ticks);
@@ -136,10 +205,15 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Steady> {
         |rounds: &[stats::Round]| Summary::of(&rounds.iter().map(|r| stats::ms(r.spread())).collect::<Vec<_>>());
 
     Ok(Steady {
+        server: program.kind,
+        transport,
         clients,
         observers: settings.observers,
         generators: records_generators(clients, settings.per_generator),
         ramp_s: (all_online - started) as f64 / 1e9,
+        ramp_cpu_s: after_ramp.cpu_ticks.saturating_sub(before_ramp.cpu_ticks) as f64 / ticks as f64,
+        ramp_failures,
+        ramp_net_counters,
         console_lag_s: caught_up.saturating_sub(all_online) as f64 / 1e9,
         console_list_bytes: list_bytes,
         window_s,
@@ -196,15 +270,33 @@ fn diagnose(run: &Run, server: &DemoServer, generators: &mut [Generator], from: 
     )
 }
 
+/// How much each of `names` grew from `before` to `after`.
+pub fn counter_deltas(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    names: &[&str],
+) -> BTreeMap<String, u64> {
+    names
+        .iter()
+        .map(|&name| {
+            let delta = after.get(name).unwrap_or(&0).saturating_sub(*before.get(name).unwrap_or(&0));
+            (name.to_owned(), delta)
+        })
+        .collect()
+}
+
 /// Starts enough generators for `clients`, each on its own destination address 127.0.0.(2+n)
-/// so that every generator has a full ephemeral port range of its own.
+/// so that every generator has a full ephemeral port range of its own, sharing `ramp` (its
+/// rate and its limit of clients connecting at once are totals); over TLS when `tls` is given
+/// (`port` is then the TLS listener's).
 pub fn spawn_generators(
     port: u16,
     clients: u32,
     per_generator: u32,
-    total_rate: f64,
+    ramp: Ramp,
     prefix: &str,
     backoff: Backoff,
+    tls: Option<&TlsTrust>,
 ) -> anyhow::Result<Vec<Generator>> {
     let count = records_generators(clients, per_generator);
     let mut generators = Vec::with_capacity(count);
@@ -213,13 +305,17 @@ pub fn spawn_generators(
         let share = left / u32::try_from(count - n).unwrap_or(1);
         left -= share;
         let host = Ipv4Addr::new(127, 0, 0, u8::try_from(2 + n).context("too many generators")?);
-        let rate = total_rate / count as f64;
+        let share_of_ramp = Ramp {
+            rate: ramp.rate / count as f64,
+            max_connecting: ramp.max_connecting.div_ceil(u32::try_from(count).unwrap_or(1)),
+        };
         generators.push(Generator::spawn(
             SocketAddr::from((host, port)),
             share,
             &format!("{prefix}{n}-"),
-            rate,
+            share_of_ramp,
             backoff,
+            tls,
         )?);
     }
     Ok(generators)
@@ -257,6 +353,14 @@ mod tests {
         assert_eq!(records_generators(5000, 5000), 1);
         assert_eq!(records_generators(19_000, 5000), 4);
         assert_eq!(records_generators(0, 5000), 1);
+    }
+
+    #[test]
+    fn counter_deltas_are_the_growth_of_the_named_counters() {
+        let before = BTreeMap::from([("a".to_owned(), 5), ("b".to_owned(), 1)]);
+        let after = BTreeMap::from([("a".to_owned(), 7), ("b".to_owned(), 1), ("c".to_owned(), 9)]);
+        let deltas = counter_deltas(&before, &after, &["a", "c", "missing"]);
+        assert_eq!(deltas, BTreeMap::from([("a".to_owned(), 2), ("c".to_owned(), 9), ("missing".to_owned(), 0)]));
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::procs::{self, DemoServer};
+use super::procs::{self, DemoServer, Ramp};
 use super::sampler::{self, Sampler, ThreadUse};
-use super::steady::spawn_generators;
+use super::steady::{counter_deltas, spawn_generators};
 use super::Run;
 use crate::clock::now_ns;
 use crate::procfs;
@@ -77,12 +77,19 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Storm> {
     let settings = &run.settings;
     let backoff = settings.storm_backoff;
     let log = run.out_dir.join("demo-server-storm-1.log");
-    let mut server = DemoServer::spawn(&run.server, "0.0.0.0:0", &run.server_args(), &log)?;
+    let mut server = DemoServer::spawn(&run.server, "0.0.0.0:0", &run.server_args(&run.server), &log)?;
     let (_, addr) = server.wait_listening(Duration::from_secs(30))?;
     let listen = format!("0.0.0.0:{}", addr.port());
     let listen_backlog = backlog(addr.port());
-    let mut generators =
-        spawn_generators(addr.port(), clients, settings.per_generator, settings.ramp_rate, "s", backoff)?;
+    let mut generators = spawn_generators(
+        addr.port(),
+        clients,
+        settings.per_generator,
+        Ramp::rate(settings.ramp_rate),
+        "s",
+        backoff,
+        None,
+    )?;
     let ramp_limit = Duration::from_secs_f64(f64::from(clients) / settings.ramp_rate) + Duration::from_secs(60);
     procs::wait_online(&generators, clients as usize, ramp_limit)?;
     // The server is killed next, so its console need not have printed every join; wait for it
@@ -97,7 +104,7 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Storm> {
     server.kill();
     drop(server);
     let log = run.out_dir.join("demo-server-storm-2.log");
-    let server = DemoServer::spawn(&run.server, &listen, &run.server_args(), &log)?;
+    let server = DemoServer::spawn(&run.server, &listen, &run.server_args(&run.server), &log)?;
     let restarted = server.spawned_at;
     let sampler = Sampler::start(server.pid, BUCKET);
     let (listening, _) = server.wait_listening(Duration::from_secs(30))?;
@@ -117,8 +124,9 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Storm> {
     for (n, generator) in generators.iter_mut().enumerate() {
         records.merge(generator.dump(&run.out_dir.join(format!("dump-storm-{n}.json")), killed, now_ns())?);
     }
-    drop(server);
+    // The generators first: clients that outlive their server would report failed reconnects.
     drop(generators);
+    drop(server);
     waited.map_err(|error| anyhow::anyhow!("storm: {error}"))?;
 
     // The first connect of each client after the kill.
@@ -140,13 +148,7 @@ pub fn run(run: &Run, clients: u32) -> anyhow::Result<Storm> {
     }
     let ticks = run.ticks_per_second as f64;
     let cpu_percent = sampler::cpu_percents(&samples, run.ticks_per_second);
-    let net_counters = COUNTERS
-        .iter()
-        .map(|&name| {
-            let delta = counters_after.get(name).unwrap_or(&0).saturating_sub(*counters_before.get(name).unwrap_or(&0));
-            (name.to_owned(), delta)
-        })
-        .collect();
+    let net_counters = counter_deltas(&counters_before, &counters_after, &COUNTERS);
     Ok(Storm {
         clients,
         restart_after_kill_ms: stats::ms(restarted.saturating_sub(killed)),
