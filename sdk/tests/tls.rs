@@ -337,3 +337,30 @@ fn a_tls_peer_that_stalls_delays_no_other_peers_pulses() {
         assert_eq!(server.live_tasks(), 0);
     });
 }
+
+#[test]
+fn a_tls_client_refused_at_the_handshake_limit_sees_a_close_not_a_plaintext_error() {
+    smol::block_on(async {
+        let ca = TestCa::new("test CA").unwrap();
+        let (server, _server_events) =
+            server_with(&ca, &["127.0.0.1"], Validity::Now, |b| b.max_handshakes(1).handshake_timeout(PATIENCE)).await;
+        let tls_addr = server.tls_addr().unwrap();
+        // One ClientHello that never completes holds the only handshake slot.
+        let mut holder = TcpStream::connect(tls_addr).unwrap();
+        holder.write_all(&[0x16, 0x03, 0x01]).unwrap();
+        within(async {
+            while server.handshakes_in_flight() == 0 {
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let (client, mut events) = client(tls_addr, "desk-1", ClientTls::ca_pem(ca.pem().as_bytes()).unwrap());
+        // Not `TlsError::NotTls`: a plaintext `ERROR full` would read as the wrong port.
+        assert_eq!(first_connect_error(&mut events).await, ConnectError::Eof);
+        drop(holder);
+        // The slot comes free and the client gets in.
+        within(async { while !matches!(events.next().await, Some(Event::Connected { .. })) {} }).await;
+        client.close().await;
+        server.shutdown().await;
+    });
+}

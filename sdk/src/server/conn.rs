@@ -74,6 +74,13 @@ pub(super) async fn accept_loop(listener: Listener, tls: Option<Arc<rustls::Serv
                         // a server holds one per peer.
                         rt::spawn(Conn::new(stream, tls, addr, key, slot, guard, ctx.clone()).serve());
                     }
+                    Admitted::Refused(_slot, refusal) if tls.is_some() => {
+                        // A plaintext `ERROR full` would read as "not TLS" to a TLS client, and
+                        // a TLS handshake is the work being refused: close without a word (the
+                        // client sees the server close during its handshake, and backs off).
+                        tracing::warn!(%addr, %refusal, "connection refused");
+                        stream.shutdown();
+                    }
                     Admitted::Refused(slot, refusal) => {
                         let halt = ctx.halt.clone();
                         rt::spawn(async move {
