@@ -108,7 +108,8 @@ fn every_documented_key_is_accepted() {
     for (key, value) in settings {
         assert_eq!(cfg.set(key, value), PULSEWIRE_OK, "{key}: {}", last_error());
     }
-    let mut tried: Vec<&str> = settings.iter().map(|(key, _)| *key).chain(["server", "client_id"]).collect();
+    let mut tried: Vec<&str> =
+        settings.iter().map(|(key, _)| *key).chain(["server", "client_id", "tls_ca_file"]).collect();
     let mut known = config::KEYS.to_vec();
     tried.sort_unstable();
     known.sort_unstable();
@@ -130,6 +131,18 @@ fn a_config_the_sdk_refuses_is_an_error_and_no_client() {
     let (code, client) = cfg.client();
     assert_eq!((code, client), (PULSEWIRE_E_CONFIG, ptr::null_mut()));
     assert!(last_error().contains("host:port"), "{}", last_error());
+}
+
+#[test]
+fn a_ca_file_that_cannot_be_read_is_an_error_naming_the_key() {
+    let cfg = valid();
+    assert_eq!(cfg.set("tls_ca_file", "/nonexistent/ca.pem"), PULSEWIRE_OK);
+    let (code, client) = cfg.client();
+    assert_eq!((code, client), (PULSEWIRE_E_CONFIG, ptr::null_mut()));
+    assert!(last_error().contains("\"tls_ca_file\""), "{}", last_error());
+    assert_eq!(cfg.set("tls", "false"), PULSEWIRE_OK);
+    assert_eq!(cfg.client().0, PULSEWIRE_E_CONFIG);
+    assert!(last_error().contains("\"tls\" is false"), "{}", last_error());
 }
 
 #[test]
