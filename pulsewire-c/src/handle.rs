@@ -212,12 +212,19 @@ fn forward(mut events: Events, hub: &Hub, client: &Mutex<Option<Client>>, file: 
     hub.changed.notify_all();
 }
 
-/// Writes the file atomically (a temporary file renamed over it). A failure is reported on
-/// stderr: there is no caller to return it to.
+/// Writes the file atomically (a temporary file renamed over it), readable by its owner only
+/// on Unix: it holds the resume secret. A failure is reported on stderr: there is no caller to
+/// return it to.
 fn save(file: &PathBuf, text: &str) {
+    use std::io::Write as _;
     let mut tmp = file.clone().into_os_string();
     tmp.push(".tmp");
-    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let result =
+        options.open(&tmp).and_then(|mut f| f.write_all(text.as_bytes())).and_then(|()| std::fs::rename(&tmp, file));
     if let Err(error) = result {
         eprintln!("pulsewire: cannot save the resume state to {}: {error}", file.display());
     }

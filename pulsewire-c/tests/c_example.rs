@@ -234,6 +234,11 @@ fn the_c_example_resumes_its_session_from_the_resume_state_file_after_a_crash() 
     first.wait_line("message seq=1 len=102400 echo=ok")?;
     let saved = std::fs::read_to_string(&file)?;
     assert!(saved.starts_with("pulsewire-resume 1 ") && saved.ends_with(" 1"), "{saved:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600, "it holds a secret");
+    }
     drop(first); // killed: no goodbye, the server keeps the session for its peer
     let output = run_echo(&exe, &[&addr, "c-resume", path])?;
     assert!(has_line(&output, "connected resumed=1"), "{output}");
