@@ -1174,6 +1174,11 @@ fn a_client_killed_and_restarted_from_its_state_file_resumes_and_gets_what_was_s
         type_message(&mut first, &mut ledger, n)?;
     }
     first.wait_for(patience(), |line| line.event() == "message" && line.json["seq"] == BEFORE)?;
+    // The server acknowledges the client's messages after its ACK delay, which a pulse may
+    // overtake: wait for the delivery of the last one (it may have come before the echo).
+    if !first.seen.iter().any(|line| line.event() == "delivered" && line.json["up_to"] == BEFORE) {
+        first.wait_for(patience(), |line| line.event() == "delivered" && line.json["up_to"] == BEFORE)?;
+    }
     // The state is saved right after each message is printed, before the next event: once a
     // pulse follows the last echo, the file has it (and the echo's ACK went with the ALIVE).
     first.wait_for(patience(), |line| line.event() == "pulse")?;
