@@ -6,8 +6,6 @@
 //! Tokens and secrets are random and written at test time into a directory of the test's own,
 //! removed when the test ends.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher as _};
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -23,56 +21,10 @@ use pulsewire::{ResumeState, State};
 use pulsewire_testkit::{is_listening, listening_addr, Reaped};
 use pulsewire_tests::{client_example_bin, demo_server_bin, next_event, poll_until, DemoServer, Process, RawPeer};
 
-use crate::{patience, INTERVAL_ARG};
+use crate::{arg, patience, random_text, Scratch, INTERVAL_ARG};
 
 /// How many server pulses a peer that must be untouched is watched for.
 const WATCHED_PULSES: usize = 6;
-
-/// A directory of one test's own for its token files, secrets and logs; removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> anyhow::Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("pulsewire-e2e-auth-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-
-    /// A path in the directory.
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `text` to the file `name`, readable by its owner only (it holds secrets).
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let path = self.path(name);
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        file.write_all(text.as_bytes())?;
-        Ok(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A token or secret that nothing could print by accident: `prefix-` and 32 random hex digits.
-fn random_text(prefix: &str) -> String {
-    // Each `RandomState` is keyed afresh (from the OS's randomness, then counted up): two of
-    // them hash the same (empty) input differently.
-    let word = || RandomState::new().build_hasher().finish();
-    format!("{prefix}-{:016x}{:016x}", word(), word())
-}
-
-/// A path as a command-line argument.
-fn arg(path: &Path) -> anyhow::Result<&str> {
-    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
-}
 
 /// A token file: alice holds `desk-1` (with two tokens), mallory may use any id.
 struct Tokens {
@@ -255,7 +207,7 @@ fn server_kept(server: &mut DemoServer, id: &str, since: usize, marker: &str, to
 
 #[test]
 fn another_subject_cannot_take_an_online_id_and_the_peer_holding_it_is_untouched() -> anyhow::Result<()> {
-    let scratch = Scratch::new("hijack")?;
+    let scratch = Scratch::new("auth", "hijack")?;
     let tokens = Tokens::write(&scratch)?;
     let mut server = tokens.server(&[])?;
     smol::block_on(async {
@@ -285,7 +237,7 @@ fn another_subject_cannot_take_an_online_id_and_the_peer_holding_it_is_untouched
 
 #[test]
 fn a_refused_login_for_an_online_id_disturbs_nothing() -> anyhow::Result<()> {
-    let scratch = Scratch::new("refused")?;
+    let scratch = Scratch::new("auth", "refused")?;
     let tokens = Tokens::write(&scratch)?;
     let mut server = tokens.server(&[])?;
     smol::block_on(async {
@@ -319,7 +271,7 @@ fn a_refused_login_for_an_online_id_disturbs_nothing() -> anyhow::Result<()> {
 
 #[test]
 fn the_same_subject_takes_over_its_id_and_the_old_client_stops_replaced() -> anyhow::Result<()> {
-    let scratch = Scratch::new("takeover")?;
+    let scratch = Scratch::new("auth", "takeover")?;
     let tokens = Tokens::write(&scratch)?;
     let mut server = tokens.server(&[])?;
     smol::block_on(async {
@@ -364,7 +316,7 @@ fn the_same_subject_takes_over_its_id_and_the_old_client_stops_replaced() -> any
 
 #[test]
 fn another_subject_presenting_the_online_sessions_secret_is_forbidden() -> anyhow::Result<()> {
-    let scratch = Scratch::new("resume-forbidden")?;
+    let scratch = Scratch::new("auth", "resume-forbidden")?;
     let tokens = Tokens::write(&scratch)?;
     let mut server = tokens.server(&[])?;
     smol::block_on(async {
@@ -393,7 +345,7 @@ fn another_subject_presenting_the_online_sessions_secret_is_forbidden() -> anyho
 /// messages, which go back to the server's application. With the secret, they are written to it.
 #[test]
 fn the_same_subject_with_a_wrong_secret_gets_a_fresh_session_and_none_of_the_old_messages() -> anyhow::Result<()> {
-    let scratch = Scratch::new("wrong-secret")?;
+    let scratch = Scratch::new("auth", "wrong-secret")?;
     let tokens = Tokens::write(&scratch)?;
     // No pulse in the test's time: raw peers that never answer stay online, and the first line
     // after a WELCOME is what the server chose to write, not a pulse.
@@ -449,7 +401,7 @@ fn the_same_subject_with_a_wrong_secret_gets_a_fresh_session_and_none_of_the_old
 
 #[test]
 fn a_kept_session_is_held_for_its_subject_alone() -> anyhow::Result<()> {
-    let scratch = Scratch::new("kept")?;
+    let scratch = Scratch::new("auth", "kept")?;
     let tokens = Tokens::write(&scratch)?;
     let mut server = tokens.server(&[])?;
     let (holder, welcome) = welcomed(server.addr, &format!("HELLO 2 desk-1 token={}", tokens.alice))?;
@@ -532,7 +484,7 @@ fn saved_secret(path: &Path, old: Option<&str>) -> anyhow::Result<String> {
 
 #[test]
 fn no_token_or_resume_secret_reaches_a_log_or_the_output() -> anyhow::Result<()> {
-    let scratch = Scratch::new("logs")?;
+    let scratch = Scratch::new("auth", "logs")?;
     let tokens = Tokens::write(&scratch)?;
     let token_file = scratch.write("alice.token", &format!("{}\n", tokens.alice))?;
     let state_file = scratch.path("desk-1.state");
@@ -661,7 +613,7 @@ fn mint_for(secret_file: &Path, subject: &str, client_ids: &[&str], lifetime: &s
 
 #[test]
 fn a_jwt_minted_by_the_demo_server_logs_in_as_its_subject_and_a_forged_one_fails() -> anyhow::Result<()> {
-    let scratch = Scratch::new("jwt")?;
+    let scratch = Scratch::new("auth", "jwt")?;
     let secret_file = scratch.write("jwt.secret", &format!("{}\n", random_text("hs256")))?;
     let other_secret = scratch.write("other.secret", &random_text("other"))?;
     let alice = mint(&secret_file, "alice", &["desk-1"])?;
@@ -710,7 +662,7 @@ fn a_jwt_minted_by_the_demo_server_logs_in_as_its_subject_and_a_forged_one_fails
 /// lets the peer in.
 #[test]
 fn a_jwt_expired_within_the_leeway_is_accepted() -> anyhow::Result<()> {
-    let scratch = Scratch::new("jwt-leeway")?;
+    let scratch = Scratch::new("auth", "jwt-leeway")?;
     let secret_file = scratch.write("jwt.secret", &random_text("hs256"))?;
     let token = mint_for(&secret_file, "alice", &["desk-1"], "1s")?;
     let args = [&INTERVAL_ARG[..], &["--jwt-secret-file", arg(&secret_file)?]].concat();
@@ -745,7 +697,7 @@ fn require_auth_without_an_auth_source_exits_2_with_a_readable_error() -> anyhow
     );
 
     // With a source it starts.
-    let scratch = Scratch::new("require")?;
+    let scratch = Scratch::new("auth", "require")?;
     let tokens = Tokens::write(&scratch)?;
     tokens.server(&["--require-auth"])?;
     Ok(())
@@ -753,7 +705,7 @@ fn require_auth_without_an_auth_source_exits_2_with_a_readable_error() -> anyhow
 
 #[test]
 fn a_bad_token_file_stops_the_server_naming_its_line_and_never_a_token() -> anyhow::Result<()> {
-    let scratch = Scratch::new("bad-file")?;
+    let scratch = Scratch::new("auth", "bad-file")?;
     let token = random_text("twice");
     let path = scratch.write("tokens", &format!("desk-1 alice {token}\ndesk-2 bob {token}\n"))?;
     let (code, stderr) = run_to_exit(&["--tokens", arg(&path)?, "--listen", "127.0.0.1:0"])?;
@@ -780,7 +732,7 @@ fn a_token_over_plaintext_from_a_remote_address_is_refused_unless_allowed() -> a
             anyhow::anyhow!("no address beyond loopback"),
         );
     };
-    let scratch = Scratch::new("plaintext")?;
+    let scratch = Scratch::new("auth", "plaintext")?;
     let tokens = Tokens::write(&scratch)?;
     let listen = SocketAddr::new(IpAddr::V4(ip), 0).to_string();
     let path = arg(&tokens.path)?;

@@ -7,8 +7,6 @@
 //! Certificates, keys and tokens are made at test time into a directory of the test's own,
 //! removed when the test ends.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher as _};
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -23,55 +21,10 @@ use pulsewire_testkit::certs::{TestCa, Validity};
 use pulsewire_testkit::{is_listening, listening_addr, Reaped};
 use pulsewire_tests::{client_example_bin, demo_server_bin, next_event, Line, Process, RawPeer};
 
-use crate::{patience, INTERVAL_ARG};
+use crate::{arg, patience, random_text, Scratch, INTERVAL_ARG};
 
 /// What no output may ever hold: the header of a PEM private key.
 const KEY_HEADER: &str = "PRIVATE KEY";
-
-/// A directory of one test's own for its certificates, keys, tokens and logs; removed when
-/// dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> anyhow::Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("pulsewire-e2e-tls-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-
-    /// A path in the directory.
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `text` to the file `name`, readable by its owner only (it may hold a secret).
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let path = self.path(name);
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        file.write_all(text.as_bytes())?;
-        Ok(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A token that nothing could print by accident: `prefix-` and 32 random hex digits.
-fn random_text(prefix: &str) -> String {
-    // Each `RandomState` is keyed afresh: two of them hash the same (empty) input differently.
-    let word = || RandomState::new().build_hasher().finish();
-    format!("{prefix}-{:016x}{:016x}", word(), word())
-}
-
-/// A path as a command-line argument.
-fn arg(path: &Path) -> anyhow::Result<&str> {
-    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
-}
 
 /// A command for `program args…` whose standard error goes to the file `log` (`sh` sets it up
 /// and becomes the program), at its most talkative; its standard output is left for [`Process`].
@@ -176,7 +129,7 @@ fn plaintext_hello(addr: SocketAddr) -> anyhow::Result<String> {
 
 #[test]
 fn the_example_client_logs_in_over_tls_to_a_self_signed_server_and_its_lines_come_back() -> anyhow::Result<()> {
-    let scratch = Scratch::new("self-signed")?;
+    let scratch = Scratch::new("tls", "self-signed")?;
     let token = random_text("alice");
     let tokens = scratch.write("tokens", &format!("desk-1 alice {token}\n"))?;
     let token_file = scratch.write("alice.token", &format!("{token}\n"))?;
@@ -245,7 +198,7 @@ fn the_example_client_logs_in_over_tls_to_a_self_signed_server_and_its_lines_com
 
 #[test]
 fn certificate_files_verify_only_for_their_ca_and_their_names() -> anyhow::Result<()> {
-    let scratch = Scratch::new("files")?;
+    let scratch = Scratch::new("tls", "files")?;
     let ca = TestCa::new("e2e CA")?;
     let issued = ca.issue(&["localhost", "127.0.0.1"], Validity::Now)?;
     let cert = scratch.write("chain.pem", &issued.chain_pem)?;
@@ -307,7 +260,7 @@ fn certificate_files_verify_only_for_their_ca_and_their_names() -> anyhow::Resul
 #[test]
 fn plaintext_on_the_demo_servers_tls_port_is_answered_tls_required_and_the_plaintext_port_still_works(
 ) -> anyhow::Result<()> {
-    let scratch = Scratch::new("plaintext")?;
+    let scratch = Scratch::new("tls", "plaintext")?;
     let server = TlsServer::start(
         &scratch,
         &["--tls-listen", "127.0.0.1:0", "--tls-self-signed", "--tls-ca-out", arg(&scratch.path("ca.pem"))?],
@@ -322,7 +275,7 @@ fn plaintext_on_the_demo_servers_tls_port_is_answered_tls_required_and_the_plain
 
 #[test]
 fn a_tls_only_server_lists_its_tls_address_and_has_no_plaintext_port() -> anyhow::Result<()> {
-    let scratch = Scratch::new("tls-only")?;
+    let scratch = Scratch::new("tls", "tls-only")?;
     let ca_out = scratch.path("ca.pem");
     let mut server = TlsServer::start(
         &scratch,
@@ -343,7 +296,7 @@ fn a_tls_only_server_lists_its_tls_address_and_has_no_plaintext_port() -> anyhow
 
 #[test]
 fn a_client_still_trusting_an_earlier_runs_self_signed_ca_is_told_the_authority_is_unknown() -> anyhow::Result<()> {
-    let scratch = Scratch::new("new-ca")?;
+    let scratch = Scratch::new("tls", "new-ca")?;
     let (earlier, later) = (scratch.path("earlier.pem"), scratch.path("later.pem"));
     let first = TlsServer::start(
         &scratch,
@@ -378,7 +331,7 @@ fn run_to_exit(args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
 
 #[test]
 fn tls_flags_that_do_not_go_together_and_bad_pem_files_exit_2_with_a_readable_error() -> anyhow::Result<()> {
-    let scratch = Scratch::new("refusals")?;
+    let scratch = Scratch::new("tls", "refusals")?;
     let ca = TestCa::new("e2e CA")?;
     let issued = ca.issue(&["localhost"], Validity::Now)?;
     let cert = scratch.write("chain.pem", &issued.chain_pem)?;
@@ -436,7 +389,7 @@ fn non_loopback_ipv4() -> Option<Ipv4Addr> {
 #[test]
 fn the_start_warns_of_an_open_listener_and_of_logins_that_would_be_refused_but_not_when_tls_carries_them(
 ) -> anyhow::Result<()> {
-    let scratch = Scratch::new("warnings")?;
+    let scratch = Scratch::new("tls", "warnings")?;
     let tokens = scratch.write("tokens", &format!("desk-1 alice {}\n", random_text("alice")))?;
     let tokens = arg(&tokens)?;
     let ca_out = scratch.path("ca.pem");
@@ -477,7 +430,7 @@ fn a_token_from_beyond_loopback_logs_in_over_tls_and_is_refused_over_plaintext()
             anyhow::anyhow!("no address beyond loopback"),
         );
     };
-    let scratch = Scratch::new("remote")?;
+    let scratch = Scratch::new("tls", "remote")?;
     let token = random_text("alice");
     let tokens = scratch.write("tokens", &format!("desk-1 alice {token}\n"))?;
     let ca_out = scratch.path("ca.pem");
