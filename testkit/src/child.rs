@@ -153,6 +153,16 @@ impl Process {
         }
     }
 
+    /// Like [`Process::wait_for`], but first looks among the lines already read: for an event
+    /// whose order against the one waited for before is not fixed (a delivery may come before
+    /// or after the echo that was waited for).
+    pub fn seen_or_wait_for(&mut self, limit: Duration, mut pred: impl FnMut(&Line) -> bool) -> anyhow::Result<Line> {
+        match self.seen.iter().find(|line| pred(line)) {
+            Some(line) => Ok(line.clone()),
+            None => self.wait_for(limit, pred),
+        }
+    }
+
     /// Waits for the event named `event` whose `peer` field is `peer`.
     pub fn wait_event(&mut self, limit: Duration, event: &str, peer: &str) -> anyhow::Result<Line> {
         self.wait_for(limit, |line| line.event() == event && line.str("peer") == peer)
